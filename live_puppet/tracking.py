@@ -1,0 +1,166 @@
+"""Tracking: MediaPipe FaceLandmarker (Tasks API) -> FaceState per picture.
+
+The model asset is found in this order: an explicit path (`--landmarker-model`), the environment
+variable LIVE_PUPPET_LANDMARKER, the user cache, and finally a download from Google's official
+MediaPipe model storage (progress bar, sha256 checked).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from live_puppet.errors import UserError
+from live_puppet.types import NUM_LANDMARKS, FaceState
+
+MODEL_URL = (
+    "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
+    "face_landmarker.task"
+)
+MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+MODEL_FILENAME = "face_landmarker.task"
+ENV_VAR = "LIVE_PUPPET_LANDMARKER"
+
+# The blendshapes MediaPipe reports, in its order (index 0 is "_neutral").
+BLENDSHAPE_NAMES: tuple[str, ...] = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft",
+    "browOuterUpRight", "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft",
+    "eyeBlinkRight", "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight",
+    "eyeLookOutLeft", "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft",
+    "eyeSquintRight", "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen",
+    "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft",
+    "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight",
+    "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower",
+    "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
+    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight",
+)
+
+
+def user_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("live-puppet"))
+
+
+def resolve_landmarker_model(explicit: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The path of face_landmarker.task, downloading it into the user cache on first use."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise UserError(f"The landmarker model '{path}' does not exist; pass the path of a "
+                            f"face_landmarker.task file to --landmarker-model.")
+        return path
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise UserError(f"{ENV_VAR} points to '{path}', which does not exist; set it to the "
+                            f"path of face_landmarker.task or unset it.")
+        return path
+    cached = user_cache_dir() / MODEL_FILENAME
+    if cached.is_file():
+        return cached
+    if not download:
+        raise UserError(f"The face landmarker model is missing; put face_landmarker.task at "
+                        f"{cached} or pass --landmarker-model PATH.")
+    return _download(cached)
+
+
+def _download(dest: Path) -> Path:
+    import pooch
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Downloading MediaPipe's face landmarker model (3.6 MB) to {dest} ...", flush=True)
+    try:
+        fetched = pooch.retrieve(MODEL_URL, known_hash=f"sha256:{MODEL_SHA256}", fname=dest.name,
+                                 path=dest.parent, progressbar=True)
+    except Exception as exc:  # offline, refused, or a checksum mismatch
+        raise UserError(
+            f"Could not download the face landmarker model ({type(exc).__name__}); download "
+            f"{MODEL_URL} by hand and put it at {dest}, or pass --landmarker-model PATH.") from None
+    return Path(fetched)
+
+
+class Tracker:
+    """One MediaPipe FaceLandmarker; use as a context manager so it is always closed.
+
+    mode "video" tracks a stream (timestamps must increase); mode "image" analyses single pictures.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, mode: str = "video", num_faces: int = 1,
+                 min_confidence: float = 0.5):
+        import mediapipe as mp
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+
+        self._mp = mp
+        self.mode = mode
+        running_mode = (vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE)
+        options = vision.FaceLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(model_path)),
+            running_mode=running_mode,
+            num_faces=num_faces,
+            min_face_detection_confidence=min_confidence,
+            min_face_presence_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
+            output_face_blendshapes=True,
+            output_facial_transformation_matrixes=True,
+        )
+        try:
+            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        except Exception:
+            raise UserError(f"'{model_path}' could not be loaded as a MediaPipe face landmarker "
+                            f"model; delete it and run again to download a fresh copy, or pass "
+                            f"a good face_landmarker.task to --landmarker-model.") from None
+        self._last_ts = -1
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def detect_all(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[FaceState]:
+        """Every face found, in MediaPipe's order."""
+        if self._landmarker is None:
+            raise RuntimeError("tracker is closed")
+        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
+        if self.mode == "video":
+            ts = int(timestamp_ms if timestamp_ms is not None else self._last_ts + 33)
+            ts = max(ts, self._last_ts + 1)  # MediaPipe insists on strictly increasing timestamps
+            self._last_ts = ts
+            result = self._landmarker.detect_for_video(image, ts)
+        else:
+            result = self._landmarker.detect(image)
+        h, w = image_bgr.shape[:2]
+        faces = []
+        for i, lms in enumerate(result.face_landmarks):
+            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in lms], dtype=np.float32)
+            if len(pts) < NUM_LANDMARKS:
+                continue
+            pts = pts[:NUM_LANDMARKS]
+            shapes = {}
+            if result.face_blendshapes and i < len(result.face_blendshapes):
+                shapes = {c.category_name: float(c.score) for c in result.face_blendshapes[i]}
+            matrix = np.eye(4, dtype=np.float32)
+            if result.facial_transformation_matrixes and i < len(result.facial_transformation_matrixes):
+                matrix = np.asarray(result.facial_transformation_matrixes[i], dtype=np.float32)
+            faces.append(FaceState(landmarks=pts, blendshapes=shapes, matrix=matrix, image_size=(w, h)))
+        return faces
+
+    def track(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> FaceState | None:
+        """The largest face in the picture, or None."""
+        faces = self.detect_all(image_bgr, timestamp_ms)
+        if not faces:
+            return None
+        return max(faces, key=lambda f: f.face_size())
