@@ -21,6 +21,7 @@ class Frame:
     timestamp: float  # capture time, time.perf_counter() seconds
     index: int  # 0-based position in the source
     fps: float = 30.0  # the source's nominal rate
+    media_time: float = 0.0  # seconds into the stream: index / fps for files, capture clock for cameras
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,23 @@ class Portrait:
 
 @dataclass(frozen=True)
 class Target:
-    """Where the portrait's landmarks should be now, in the portrait's own pixel frame."""
+    """Where the portrait's landmarks should be now, in the portrait's own pixel frame.
+
+    The head motion is also given as a similarity about `center`, so that points outside the face
+    (hair, ears) can follow the head: p' = center + scale * rotation @ (p - center) + translation.
+    """
 
     landmarks: np.ndarray  # 478 x 3 float32, portrait pixels
     rotation: np.ndarray  # 3 x 3 head rotation relative to the neutral (image axes: x right, y down)
     scale: float  # head scale relative to the neutral
-    translation: np.ndarray  # (2,) head translation in portrait pixels
-    blendshapes: dict[str, float]  # the driver's expression coefficients
-    anchors_rigid: np.ndarray | None = None  # K x 2 points that follow the head rigidly (hair, ears)
+    translation: np.ndarray  # (3,) head translation in portrait pixels
+    center: np.ndarray  # (3,) the pivot of the head motion in portrait pixels
+    blendshapes: dict[str, float] = field(default_factory=dict)  # the driver's expression
+
+    def move_rigid(self, points: np.ndarray) -> np.ndarray:
+        """Move N x 3 (or N x 2, taken at the pivot's depth) portrait points with the head."""
+        pts = np.asarray(points, np.float32)
+        if pts.shape[1] == 2:
+            pts = np.concatenate([pts, np.full((len(pts), 1), self.center[2], np.float32)], axis=1)
+        moved = self.center + self.scale * (pts - self.center) @ self.rotation.T + self.translation
+        return moved.astype(np.float32)

@@ -1,0 +1,295 @@
+"""The app: wires capture -> tracking -> retargeting -> engine -> sinks, owns hotkeys and stats.
+
+Stages know nothing of the app; the app knows each stage only through its small interface.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from live_puppet.capture import Capture, open_source
+from live_puppet.config import RunConfig
+from live_puppet.errors import UserError
+from live_puppet.portrait import Gallery
+from live_puppet.render import create_engine
+from live_puppet.retarget import Retargeter, RetargetSettings
+from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, RecorderSink, Sink,
+                               VirtualCameraSink, warn)
+from live_puppet.stats import Stats
+from live_puppet.tracking import Tracker, resolve_landmarker_model
+
+HOTKEYS = (
+    ("1-9", "select portrait 1-9 of the gallery"),
+    ("n / p", "next / previous portrait"),
+    ("c", "re-take the neutral face (look at the camera, relaxed)"),
+    ("+ / -", "more / less expression"),
+    ("o", "landmark overlay on/off"),
+    ("f", "fps display on/off"),
+    ("m", "mirror the camera on/off"),
+    ("r", "reload the gallery folder"),
+    ("q / Esc", "quit"),
+)
+
+
+def hotkey_help() -> str:
+    return "Hotkeys (preview window): " + "; ".join(f"{k} {v}" for k, v in HOTKEYS)
+
+
+@dataclass
+class _Clock:
+    start: float = 0.0
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self.start = now - self.start, now
+        return elapsed
+
+
+class App:
+    """One live session. `run()` returns when the source ends, q is pressed, or on Ctrl-C."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.stats = Stats()
+        self.stop_requested = threading.Event()
+        self.sinks: list[Sink] = []
+        self.recorder: RecorderSink | None = None
+        self.vcam: VirtualCameraSink | None = None
+        self.preview: PreviewSink | None = None
+        self._closers: list = []
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _open(self) -> None:
+        c = self.config
+        model = resolve_landmarker_model(c.landmarker_model)
+        self.source = open_source(c.source, loop=c.loop, camera_size=c.camera_size,
+                                  camera_fps=c.camera_fps)
+        self._closers.append(self.source.close)
+        self.portrait_tracker = Tracker(model, mode="image", num_faces=4)
+        self._closers.append(self.portrait_tracker.close)
+        self.gallery = Gallery(c.portrait, self.portrait_tracker, size=c.size, max_side=c.max_side)
+        self.engine = create_engine(c.engine, **c.engine_options())
+        self._closers.append(self.engine.close)
+        self.portrait = self._first_portrait()
+        self.retargeter = Retargeter(RetargetSettings(expression_gain=c.expression_gain,
+                                                      neutral_frames=c.neutral_frames))
+        self.tracker = Tracker(model, mode="video", num_faces=1)
+        self._closers.append(self.tracker.close)
+        self.letterbox = Letterbox(self.portrait.size, c.vcam_size)
+        self._open_sinks()
+        realtime = c.realtime if c.realtime is not None else self.source.is_live
+        self.capture = Capture(self.source, realtime=realtime, mirror=c.mirror)
+
+    def _first_portrait(self):
+        errors = []
+        for i in range(len(self.gallery)):
+            try:
+                portrait = self.gallery.load(i)
+            except UserError as err:
+                if len(self.gallery) == 1:
+                    raise
+                errors.append(err)
+                warn(f"skipping: {err}")
+                continue
+            self._prepare(portrait)
+            return portrait
+        raise errors[0]
+
+    def _prepare(self, portrait) -> None:
+        self.engine.prepare(portrait)
+
+    def _open_sinks(self) -> None:
+        c = self.config
+        if c.record:
+            self.recorder = RecorderSink(c.record, c.vcam_size, c.vcam_fps)
+            self.sinks.append(self.recorder)
+        if c.vcam:
+            try:
+                self.vcam = VirtualCameraSink(c.vcam_size, c.vcam_fps, c.vcam_backend)
+                self.sinks.append(self.vcam)
+                print(f"Virtual camera: {self.vcam.device} ({c.vcam_size[0]}x{c.vcam_size[1]} "
+                      f"@ {c.vcam_fps:g} fps)", flush=True)
+            except UserError as err:
+                if not c.preview and not c.record:
+                    raise
+                warn(f"{err} Continuing without it.")
+        if c.preview:
+            try:
+                self.preview = PreviewSink(c.overlay_landmarks, c.overlay_fps)
+                self.sinks.append(self.preview)
+                print(hotkey_help(), flush=True)
+            except UserError as err:
+                if not self.sinks:
+                    raise
+                warn(f"{err} Continuing without it.")
+
+    # -- hotkeys ---------------------------------------------------------------------------------
+    def _switch_portrait(self, index: int) -> None:
+        if not (0 <= index < len(self.gallery)) and len(self.gallery) > 0:
+            index %= len(self.gallery)
+        try:
+            portrait = self.gallery.load(index)
+            self._prepare(portrait)
+        except UserError as err:
+            warn(f"{err} Keeping '{self.portrait.name}'.")
+            return
+        self.portrait = portrait
+        self.letterbox = Letterbox(portrait.size, self.config.vcam_size)
+        print(f"Portrait: {portrait.name}", flush=True)
+
+    def handle_key(self, key: int) -> None:
+        ch = chr(key) if 0 <= key < 256 else ""
+        if ch in ("q", "\x1b"):
+            self.stop_requested.set()
+        elif ch.isdigit() and ch != "0":
+            self._switch_portrait(int(ch) - 1)
+        elif ch == "n":
+            self._switch_portrait(self.gallery.index + 1)
+        elif ch == "p":
+            self._switch_portrait(self.gallery.index - 1)
+        elif ch == "c":
+            self.retargeter.retake_neutral()
+            print("Re-taking the neutral face: look at the camera, relaxed.", flush=True)
+        elif ch in ("+", "="):
+            self.retargeter.settings.expression_gain = min(3.0, self.retargeter.settings.expression_gain + 0.1)
+        elif ch == "-":
+            self.retargeter.settings.expression_gain = max(0.0, self.retargeter.settings.expression_gain - 0.1)
+        elif ch == "o" and self.preview:
+            self.preview.show_landmarks = not self.preview.show_landmarks
+        elif ch == "f" and self.preview:
+            self.preview.show_fps = not self.preview.show_fps
+        elif ch == "m":
+            self.capture.mirror = not self.capture.mirror
+            self.retargeter.retake_neutral()
+        elif ch == "r":
+            try:
+                self.gallery.reload()
+            except UserError as err:
+                warn(f"{err} Keeping the current gallery.")
+                return
+            self._switch_portrait(self.gallery.index)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def _step(self, frame) -> None:
+        st = self.stats
+        clock = _Clock(time.perf_counter())
+        face = self.tracker.track(frame.image, int(frame.media_time * 1000))
+        st.add("track", clock.lap())
+        if face is not None:
+            st.frames_with_face += 1
+        target = self.retargeter(face, self.portrait, frame.media_time)
+        st.add("retarget", clock.lap())
+        image = self.engine.render(self.portrait, target)
+        st.add("render", clock.lap())
+        out = self.letterbox(image)
+        info = FrameInfo(index=frame.index, fps=st.live_fps(), portrait_name=self.portrait.name,
+                         status=self._status(face))
+        if target is not None and self.preview and self.preview.show_landmarks:
+            info.landmarks = target.landmarks
+        self._send(out, image, info)
+        st.add("sink", clock.lap())
+        st.add("capture_to_sink", time.perf_counter() - frame.timestamp)
+        st.frame_out()
+        for key in info.keys:
+            self.handle_key(key)
+
+    def _status(self, face) -> str:
+        if face is None:
+            return "no face in view"
+        if self.retargeter.calibrating:
+            return "calibrating: look at the camera, relaxed"
+        return ""
+
+    def _send(self, letterboxed: np.ndarray, image: np.ndarray, info: FrameInfo) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.send(image if sink is self.preview else letterboxed, info)
+            except Exception as exc:
+                warn(f"the {sink.name} output failed ({exc}) and was turned off; the others go on.")
+                self.sinks.remove(sink)
+                self._close_sink(sink)
+
+    def _close_sink(self, sink: Sink) -> None:
+        try:
+            sink.close()
+        except Exception as exc:
+            warn(f"closing the {sink.name} output failed: {exc}")
+
+    def run(self) -> Stats:
+        previous = self._install_signal_handlers()
+        try:
+            self._open()
+            self.capture.start()
+            self._loop()
+        finally:
+            self._shutdown()
+            self._restore_signal_handlers(previous)
+        if self.capture_error is not None:
+            raise self.capture_error
+        return self.stats
+
+    def _loop(self) -> None:
+        c = self.config
+        st = self.stats
+        while not self.stop_requested.is_set():
+            t0 = time.perf_counter()
+            frame = self.capture.get(timeout=0.5)
+            if frame is None:
+                if self.capture.finished:
+                    break
+                continue
+            st.add("capture_wait", time.perf_counter() - t0)
+            self._step(frame)
+            if c.max_frames is not None and st.frames_out >= c.max_frames:
+                break
+
+    capture_error = None
+
+    def _shutdown(self) -> None:
+        """Stop capture, finalize the recording and close everything, whatever happened."""
+        capture = getattr(self, "capture", None)
+        if capture is not None:
+            capture.stop()
+            self.stats.frames_in = capture.frames_read
+            self.stats.frames_dropped = capture.frames_dropped
+            if isinstance(capture.error, UserError):
+                self.capture_error = capture.error
+            elif capture.error is not None:
+                warn(f"the source failed: {capture.error}")
+        self.stats.finish()
+        for sink in self.sinks:
+            self._close_sink(sink)
+        self.sinks.clear()
+        for close in reversed(self._closers):
+            try:
+                close()
+            except Exception as exc:
+                warn(f"while closing: {exc}")
+        self._closers.clear()
+
+    # -- signals -------------------------------------------------------------------------------
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {}
+
+        def on_signal(signum, _frame):
+            if self.stop_requested.is_set():  # a second Ctrl-C: stop at once (files still closed)
+                raise KeyboardInterrupt
+            print("\nStopping (finishing the recording) ...", file=sys.stderr, flush=True)
+            self.stop_requested.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for sig, handler in (previous or {}).items():
+            signal.signal(sig, handler)

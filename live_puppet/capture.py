@@ -1,0 +1,267 @@
+"""Capture: sources of driving frames, and the thread that hands over only the newest one.
+
+Sources are plain iterators of BGR images (webcam, video file, folder of images). `Capture` runs one
+in a thread. In realtime mode it keeps only the newest frame (latency never builds up; frames the
+consumer had no time for are dropped and counted); otherwise every frame is handed over exactly
+once, in order.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from live_puppet.errors import UserError
+from live_puppet.types import Frame
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class Source:
+    """A stream of BGR pictures. `is_live` sources are paced by the device itself."""
+
+    is_live = False
+    fps = 30.0
+    description = "source"
+
+    def frames(self) -> Iterator[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class CameraSource(Source):
+    """A webcam by index. A camera that stops delivering is reopened with back-off."""
+
+    is_live = True
+
+    def __init__(self, index: int, size: tuple[int, int] = (640, 480), fps: float = 30.0,
+                 max_reopen_wait: float = 5.0):
+        self.index = index
+        self.size = size
+        self.fps = fps
+        self.max_reopen_wait = max_reopen_wait
+        self.description = f"camera {index}"
+        self._stop = threading.Event()
+        self._cap = self._open()
+        if self._cap is None:
+            raise UserError(f"Could not open camera {index}; check that it is connected and not in "
+                            f"use by another program, or pass --source VIDEO to drive from a file.")
+
+    def _open(self):
+        cap = cv2.VideoCapture(self.index)
+        if not cap.isOpened():
+            cap.release()
+            return None
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+        cap.set(cv2.CAP_PROP_FPS, self.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        ok, _ = cap.read()
+        if not ok:
+            cap.release()
+            return None
+        reported = cap.get(cv2.CAP_PROP_FPS)
+        if reported and 1 <= reported <= 240:
+            self.fps = float(reported)
+        return cap
+
+    def frames(self) -> Iterator[np.ndarray]:
+        wait = 0.25
+        while not self._stop.is_set():
+            ok, image = self._cap.read() if self._cap is not None else (False, None)
+            if ok:
+                wait = 0.25
+                yield image
+                continue
+            # The camera stopped delivering (unplugged, taken by another program): reopen, backing off.
+            print(f"live-puppet: {self.description} stopped delivering frames; reopening in "
+                  f"{wait:.1f} s.", flush=True)
+            if self._cap is not None:
+                self._cap.release()
+            self._stop.wait(wait)
+            wait = min(wait * 2, self.max_reopen_wait)
+            self._cap = self._open()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class VideoFileSource(Source):
+    """A video file, decoded with PyAV; `loop` starts over at the end."""
+
+    def __init__(self, path: Path, loop: bool = False):
+        import av
+
+        self.path = Path(path)
+        self.loop = loop
+        self.description = self.path.name
+        if not self.path.is_file():
+            raise UserError(f"The video '{self.path}' does not exist; pass an existing video file, "
+                            f"a folder of images or a camera index to --source.")
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise ValueError("no video stream")
+                stream = container.streams.video[0]
+                rate = stream.average_rate or stream.base_rate or 30
+                self.fps = float(rate)
+                self.frame_count = int(stream.frames or 0)
+        except Exception:
+            raise UserError(f"'{self.path}' could not be read as a video; pass a video file "
+                            f"(mp4, mov, avi, mkv, webm ...) to --source.") from None
+
+    def frames(self) -> Iterator[np.ndarray]:
+        import av
+
+        while True:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                try:
+                    for frame in container.decode(stream):
+                        yield frame.to_ndarray(format="bgr24")
+                except av.error.InvalidDataError:
+                    pass  # a damaged tail ends the clip like its end would
+            if not self.loop:
+                return
+
+
+class ImageFolderSource(Source):
+    """The pictures of a folder, sorted by name, at a nominal `fps`."""
+
+    def __init__(self, folder: Path, fps: float = 30.0, loop: bool = False):
+        self.folder = Path(folder)
+        self.fps = fps
+        self.loop = loop
+        self.description = self.folder.name
+        self.paths = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise UserError(f"The folder '{self.folder}' holds no images (jpg, png, ...); put the "
+                            f"driving frames there or pass a video file to --source.")
+
+    def frames(self) -> Iterator[np.ndarray]:
+        while True:
+            for path in self.paths:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is not None:
+                    yield image
+            if not self.loop:
+                return
+
+
+def open_source(spec: str, loop: bool = False, camera_size=(640, 480), camera_fps=30.0) -> Source:
+    """A camera index ("0"), a video file or a folder of images."""
+    if spec.isdigit():
+        return CameraSource(int(spec), size=camera_size, fps=camera_fps)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ImageFolderSource(path, loop=loop)
+    return VideoFileSource(path, loop=loop)
+
+
+class Capture:
+    """Runs a Source in a thread and hands frames to one consumer.
+
+    realtime=True: files are paced at their fps and only the newest frame is kept (older ones are
+    dropped and counted), as with a camera. realtime=False: every frame exactly once, in order.
+    """
+
+    def __init__(self, source: Source, realtime: bool, mirror: bool = False):
+        self.source = source
+        self.realtime = realtime
+        self.mirror = mirror
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self._stop = threading.Event()
+        self._lock = threading.Condition()
+        self._latest: Frame | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._finished = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    def start(self) -> "Capture":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        period = 1.0 / max(self.source.fps, 1e-3)
+        start = time.perf_counter()
+        try:
+            for i, image in enumerate(self.source.frames()):
+                if self._stop.is_set():
+                    break
+                if self.realtime and not self.source.is_live:
+                    delay = start + i * period - time.perf_counter()
+                    if delay > 0:
+                        self._stop.wait(delay)
+                if self.mirror:
+                    image = cv2.flip(image, 1)
+                now = time.perf_counter()
+                media_time = now - start if self.source.is_live else i / self.source.fps
+                frame = Frame(image=image, timestamp=now, index=i, fps=self.source.fps,
+                              media_time=media_time)
+                self.frames_read += 1
+                if self.realtime:
+                    with self._lock:
+                        if self._latest is not None:
+                            self.frames_dropped += 1
+                        self._latest = frame
+                        self._lock.notify()
+                else:
+                    while not self._stop.is_set():
+                        try:
+                            self._queue.put(frame, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+        except BaseException as exc:  # surfaced to the consumer by get()
+            self.error = exc
+        finally:
+            with self._lock:
+                self._finished = True
+                self._lock.notify_all()
+
+    def get(self, timeout: float = 1.0) -> Frame | None:
+        """The next frame, or None when the source has ended (or nothing came within `timeout`).
+
+        `finished` tells the two apart.
+        """
+        if self.realtime:
+            with self._lock:
+                if self._latest is None and not self._finished:
+                    self._lock.wait(timeout)
+                frame, self._latest = self._latest, None
+                return frame
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                return self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._finished and self._queue.empty():
+                    return None
+                if time.perf_counter() > deadline:
+                    return None
+
+    @property
+    def finished(self) -> bool:
+        """The source has ended and every frame has been handed over."""
+        with self._lock:
+            done = self._finished and self._latest is None
+        return done and self._queue.empty()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self.source.close()

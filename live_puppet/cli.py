@@ -1,0 +1,167 @@
+"""Command line: live-puppet run | eval | bench | prepare | train | finetune | build-engine.
+
+Every user error is printed as one line on stderr with exit code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from live_puppet.errors import UserError
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: errors only
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SUBCOMMANDS = ("run", "eval", "bench", "prepare", "train", "finetune", "build-engine")
+# Modules that add their own subcommands with register(subparsers).
+PLUGIN_COMMANDS = ("live_puppet.evaluation_commands", "live_puppet.training.commands",
+                   "live_puppet.backends.commands")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        if w < 16 or h < 16 or w > 8192 or h > 8192:
+            raise ValueError
+        return w, h
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size like 1280x720") from None
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+        if value <= 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number") from None
+
+
+def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool = True) -> None:
+    """Arguments shared by run, eval and bench: what to animate and how."""
+    if portrait_required:
+        p.add_argument("--portrait", type=Path, required=True,
+                       help="portrait image (JPEG/PNG), or a folder of them (a gallery)")
+    p.add_argument("--engine", default="warp",
+                   help="render engine: warp (default, no weights), neural (needs --checkpoint), static")
+    p.add_argument("--checkpoint", type=Path, help="neural engine checkpoint (.safetensors)")
+    p.add_argument("--backend", default="auto",
+                   choices=["auto", "tensorrt", "onnxruntime", "torch", "torch-compile"],
+                   help="neural engine inference backend")
+    p.add_argument("--engine-dir", type=Path, default=Path("engines"),
+                   help="folder of compiled neural engines (default: engines/)")
+    p.add_argument("--size", type=parse_size, help="output canvas WxH (default: the portrait's "
+                   "own frame, long side capped at 1024)")
+    p.add_argument("--max-side", type=positive_int, default=1024,
+                   help="cap on the canvas's long side when --size is not given")
+    p.add_argument("--expression-gain", type=float, default=1.0,
+                   help="multiplier on transferred expression (hotkeys +/-)")
+    p.add_argument("--landmarker-model", type=Path,
+                   help="path of face_landmarker.task (default: $LIVE_PUPPET_LANDMARKER, the user "
+                        "cache, or a download on first use)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="live-puppet",
+        description="Animate a portrait with your webcam and send it to a virtual camera.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="drive a portrait live (webcam, video file or image folder)",
+                         description="Drive a portrait live and send it to a virtual camera.")
+    add_pipeline_arguments(run)
+    run.add_argument("--source", default="0",
+                     help="webcam index (default 0), a video file, or a folder of images")
+    rt = run.add_mutually_exclusive_group()
+    rt.add_argument("--realtime", dest="realtime", action="store_true", default=None,
+                    help="pace files at their fps and drop frames like a camera (default for cameras)")
+    rt.add_argument("--no-realtime", dest="realtime", action="store_false",
+                    help="process every frame exactly once, in order (default for files)")
+    run.add_argument("--loop", action="store_true", help="start a video file over at its end")
+    run.add_argument("--mirror", action="store_true", help="mirror the driver (selfie view)")
+    run.add_argument("--no-vcam", dest="vcam", action="store_false", help="no virtual camera")
+    run.add_argument("--vcam-size", type=parse_size, default=(1280, 720),
+                     help="virtual camera size (default 1280x720); output is letterboxed into it")
+    run.add_argument("--vcam-fps", type=float, default=30.0, help="virtual camera rate (default 30)")
+    run.add_argument("--vcam-backend", help="pyvirtualcam backend (default: the first that works)")
+    run.add_argument("--no-preview", dest="preview", action="store_false",
+                     help="no preview window (headless)")
+    run.add_argument("--record", type=Path, help="write the virtual camera's frames to this .mp4 (H.264)")
+    run.add_argument("--stats-json", type=Path, help="write frame counts, fps and latencies here at exit")
+    run.add_argument("--max-frames", type=positive_int, help="stop after this many output frames")
+    run.add_argument("--show-landmarks", action="store_true", help="start with the landmark overlay on")
+    run.set_defaults(func=cmd_run)
+
+    for name in PLUGIN_COMMANDS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return parser
+
+
+def config_from_args(args) -> "RunConfig":
+    from live_puppet.config import RunConfig
+
+    return RunConfig(
+        portrait=args.portrait, source=args.source, realtime=args.realtime, loop=args.loop,
+        mirror=args.mirror, landmarker_model=args.landmarker_model, engine=args.engine,
+        checkpoint=args.checkpoint, backend=args.backend, size=args.size, max_side=args.max_side,
+        expression_gain=args.expression_gain, vcam=args.vcam, vcam_size=args.vcam_size,
+        vcam_fps=args.vcam_fps, vcam_backend=args.vcam_backend, preview=args.preview,
+        record=args.record, stats_json=args.stats_json, max_frames=args.max_frames,
+        overlay_landmarks=args.show_landmarks, engine_dir=args.engine_dir)
+
+
+def cmd_run(args) -> int:
+    from live_puppet.app import App
+
+    config = config_from_args(args)
+    app = App(config)
+    try:
+        stats = app.run()
+    finally:
+        if config.stats_json:
+            app.stats.write_json(config.stats_json, {"engine": config.engine, "source": config.source})
+    summary = stats.summary()
+    line = (f"Done: {summary['frames_out']} frames out of {summary['frames_in']} in, "
+            f"{summary['frames_dropped']} dropped, {summary['fps']:.1f} fps")
+    if config.record:
+        line += f"; recording: {config.record}"
+    print(line, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--debug"):
+        argv.insert(0, "run")  # `python -m live_puppet --portrait ...` means run
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"live-puppet: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("live-puppet: interrupted.", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:  # a bug: one line unless --debug
+        if args.debug:
+            raise
+        print(f"live-puppet: unexpected error: {type(exc).__name__}: {exc} (run with --debug "
+              f"for details and please report it)", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""All settings of a run, in one dataclass (one comment per field). The CLI fills it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RunConfig:
+    # Portrait image file, or a folder of them (a gallery, sorted by name, hotkeys 1-9/n/p/r).
+    portrait: Path
+    # Webcam index ("0"), a video file, or a folder of images to drive the portrait with.
+    source: str = "0"
+    # Pace files at their own fps and drop frames like a camera (None: yes for cameras, no for files).
+    realtime: bool | None = None
+    # Start over at the end of a video file instead of stopping.
+    loop: bool = False
+    # Mirror the driver horizontally (what a selfie view shows).
+    mirror: bool = False
+    # Requested webcam capture size and rate (cameras only; the camera may pick another).
+    camera_size: tuple[int, int] = (640, 480)
+    camera_fps: float = 30.0
+    # Path of MediaPipe's face_landmarker.task (None: $LIVE_PUPPET_LANDMARKER, cache, download).
+    landmarker_model: Path | None = None
+    # Render engine: "warp" (no weights), "neural" (needs --checkpoint), "static" (baseline).
+    engine: str = "warp"
+    # Neural engine checkpoint (safetensors) and its inference backend.
+    checkpoint: Path | None = None
+    backend: str = "auto"
+    # Output canvas size (W, H); None: the portrait's own frame with the long side capped at max_side.
+    size: tuple[int, int] | None = None
+    max_side: int = 1024
+    # Multiplier on transferred expression (1 = the driver's own amplitude).
+    expression_gain: float = 1.0
+    # Number of frames with a face averaged into the automatic neutral reference.
+    neutral_frames: int = 5
+    # Send frames to a virtual camera (pyvirtualcam); its size, rate and backend (None: any).
+    vcam: bool = True
+    vcam_size: tuple[int, int] = (1280, 720)
+    vcam_fps: float = 30.0
+    vcam_backend: str | None = None
+    # Show the preview window (reads the hotkeys).
+    preview: bool = True
+    # Write exactly the frames sent to the virtual camera to this H.264 file.
+    record: Path | None = None
+    # Write frame counts, fps and per-stage latency here at exit.
+    stats_json: Path | None = None
+    # Stop after this many output frames (None: run until the source ends or q is pressed).
+    max_frames: int | None = None
+    # Draw landmarks and fps on the preview (hotkeys o and f toggle them).
+    overlay_landmarks: bool = False
+    overlay_fps: bool = True
+    # Folder of compiled neural engines.
+    engine_dir: Path = field(default_factory=lambda: Path("engines"))
+
+    def engine_options(self) -> dict:
+        """Keyword options passed to the engine's constructor (engines ignore what they don't use)."""
+        return {"checkpoint": self.checkpoint, "backend": self.backend, "engine_dir": self.engine_dir}

@@ -1,0 +1,24 @@
+"""Named groups of MediaPipe's 478 face-mesh points, shared by retargeting and the engines."""
+
+import numpy as np
+
+# The face outline, as a closed loop starting at the top of the forehead.
+FACE_OVAL = np.array([
+    10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+    152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109,
+])
+# The inner edge of the lips (the mouth opening), as a closed loop from the right corner.
+INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308,
+                       324, 318, 402, 317, 14, 87, 178, 88, 95])
+UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+MOUTH_CORNERS = (78, 308)
+# The outer edge of the lips.
+OUTER_LIPS = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291,
+                       375, 321, 405, 314, 17, 84, 181, 91, 146])
+# Eyelids as closed loops (subject's right eye is on the image's left).
+RIGHT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7])
+LEFT_EYE = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
+RIGHT_IRIS = np.array([468, 469, 470, 471, 472])  # centre first
+LEFT_IRIS = np.array([473, 474, 475, 476, 477])
+RIGHT_BROW = np.array([70, 63, 105, 66, 107, 55, 65, 52, 53, 46])
+LEFT_BROW = np.array([300, 293, 334, 296, 336, 285, 295, 282, 283, 276])

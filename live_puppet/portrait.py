@@ -1,0 +1,117 @@
+"""Portraits: loading (any JPEG/PNG a user has), validation, face analysis, and the gallery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from live_puppet.errors import UserError
+from live_puppet.types import Portrait
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+MIN_FACE_PX = 48  # a face smaller than this (landmark box, canvas pixels) cannot be animated well
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A picture as H x W x 3 uint8 BGR: EXIF orientation applied, alpha over white, CMYK, grey ok."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"The portrait '{path}' does not exist; pass the path of a JPEG or PNG file "
+                        f"or of a folder of them.")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(white, im)
+            rgb = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise UserError(f"'{path}' is not an image that can be read; pass a JPEG or PNG "
+                        f"portrait.") from None
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def fit_canvas(image: np.ndarray, size: tuple[int, int] | None, max_side: int) -> np.ndarray:
+    """Resize to the output canvas: `size` (W, H) fitted and padded, or the long side capped."""
+    h, w = image.shape[:2]
+    if size is None:
+        scale = min(1.0, max_side / max(h, w))
+        out_w, out_h = max(2, round(w * scale)) // 2 * 2, max(2, round(h * scale)) // 2 * 2
+        if (out_w, out_h) == (w, h):
+            return image
+        return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    out_w, out_h = size
+    scale = min(out_w / w, out_h / h)
+    rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    resized = cv2.resize(image, (rw, rh), interpolation=interp)
+    canvas = np.zeros((out_h, out_w, 3), np.uint8)
+    x0, y0 = (out_w - rw) // 2, (out_h - rh) // 2
+    canvas[y0:y0 + rh, x0:x0 + rw] = resized
+    return canvas
+
+
+def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
+                  max_side: int = 1024) -> Portrait:
+    """Read a portrait, fit it to the canvas and find its largest face (tracker in image mode)."""
+    path = Path(path)
+    image = fit_canvas(read_image(path), size, max_side)
+    face = tracker.track(image)
+    if face is None:
+        raise UserError(f"No face was found in '{path}'; use a portrait where one face is clearly "
+                        f"visible and roughly frontal.")
+    if face.face_size() < MIN_FACE_PX:
+        raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across; use a "
+                        f"larger image or crop it closer around the face (at least {MIN_FACE_PX} px).")
+    return Portrait(name=path.stem, path=path, image=image, face=face)
+
+
+def list_portraits(path: Path) -> list[Path]:
+    """A file, or the images of a folder sorted by name."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"The folder '{path}' holds no JPEG or PNG portraits; add some or pass "
+                            f"a single image to --portrait.")
+        return files
+    if not path.exists():
+        raise UserError(f"The portrait '{path}' does not exist; pass the path of a JPEG or PNG file "
+                        f"or of a folder of them.")
+    return [path]
+
+
+class Gallery:
+    """The portraits to choose from (a file, or a folder re-read by `reload`); loads each once."""
+
+    def __init__(self, path: Path, tracker, size=None, max_side=1024):
+        self.path = Path(path)
+        self.tracker = tracker
+        self.size = size
+        self.max_side = max_side
+        self.paths = list_portraits(self.path)
+        self.index = 0
+        self._loaded: dict[Path, Portrait] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> Portrait:
+        """The portrait at `index` (loading it on first use); raises UserError when unusable."""
+        path = self.paths[index % len(self.paths)]
+        if path not in self._loaded:
+            self._loaded[path] = load_portrait(path, self.tracker, self.size, self.max_side)
+        self.index = index % len(self.paths)
+        return self._loaded[path]
+
+    def reload(self) -> None:
+        """Re-scan the folder (new, removed or edited files) and forget what was loaded."""
+        current = self.paths[self.index] if self.paths else None
+        self.paths = list_portraits(self.path)
+        self._loaded.clear()
+        self.index = self.paths.index(current) if current in self.paths else 0

@@ -1,0 +1,201 @@
+"""The `warp` engine: a dense backward warp of the portrait, no weights needed.
+
+The portrait's landmarks and a set of anchor points are moved to their targets; the displacement
+(source - target) is interpolated linearly over a Delaunay triangulation of the targets on a
+coarse grid, upsampled (the displacement, not the absolute coordinates, so nothing shifts by half
+a cell) and applied with one cv2.remap. Anchors:
+- a ring around the face that follows the head rigidly, so hair and ears move with it;
+- a wider ring and the image border that stay still, so shoulders and background do not swim.
+A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
+stretched lips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.spatial import Delaunay
+
+from live_puppet import face_mesh as fm
+from live_puppet.render.base import Engine, register_engine
+from live_puppet.types import Portrait, Target
+
+
+@dataclass
+class WarpSettings:
+    grid_step: int = 8  # coarse grid spacing in pixels (the map is interpolated between)
+    head_ring: float = 1.45  # ring following the head, as a multiple of the face oval's radius
+    still_ring: float = 2.4  # ring that stays still, same unit
+    border_points: int = 8  # fixed points per image side
+
+
+@dataclass
+class _WarpMesh:
+    """What the warp needs of a portrait, computed once."""
+
+    source: np.ndarray  # N x 2 source points: 478 landmarks, head ring, still points
+    head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head
+    n_landmarks: int
+    roi: tuple[int, int, int, int]  # (x0, y0, x1, y1): outside it the warp is the identity
+    grid: np.ndarray  # G x 2 coarse sample positions (pixel centres of the coarse map), image px
+    grid_shape: tuple[int, int]  # (gh, gw)
+    base_x: np.ndarray  # identity map over the roi, image px
+    base_y: np.ndarray
+    mouth: "_MouthStyle"
+
+
+@dataclass
+class _MouthStyle:
+    cavity: np.ndarray  # BGR of the mouth interior
+    teeth: np.ndarray  # BGR of the teeth hint
+    rest_opening: float  # the portrait's own opening (inner-lip gap / mouth width)
+
+
+def _ring(landmarks_xy: np.ndarray, factor: float) -> np.ndarray:
+    oval = landmarks_xy[fm.FACE_OVAL]
+    center = oval.mean(0)
+    return center + (oval - center) * factor
+
+
+def _mouth_style(image: np.ndarray, xy: np.ndarray) -> _MouthStyle:
+    lips = cv2.fillPoly(np.zeros(image.shape[:2], np.uint8), [xy[fm.OUTER_LIPS].astype(np.int32)], 1)
+    lip_colour = np.array(cv2.mean(image, mask=lips)[:3]) if lips.any() else np.array([60, 60, 120.0])
+    face = cv2.fillPoly(np.zeros(image.shape[:2], np.uint8), [xy[fm.FACE_OVAL].astype(np.int32)], 1)
+    skin = np.array(cv2.mean(image, mask=face)[:3]) if face.any() else np.array([150, 150, 150.0])
+    cavity = lip_colour * 0.22 + np.array([4, 4, 10.0])
+    teeth = np.clip(skin * 0.55 + np.full(3, 255.0) * 0.35, 0, 255) * np.array([0.92, 0.97, 1.0])
+    width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
+    gap = np.linalg.norm(xy[fm.UPPER_INNER_LIP] - xy[fm.LOWER_INNER_LIP])
+    return _MouthStyle(cavity=cavity, teeth=teeth, rest_opening=float(gap / width))
+
+
+@register_engine("warp")
+class WarpEngine(Engine):
+    name = "warp"
+
+    def __init__(self, settings: WarpSettings | None = None, **_):
+        self.settings = settings or WarpSettings()
+
+    def prepare(self, portrait: Portrait) -> None:
+        if "warp" in portrait.extras:
+            return
+        s = self.settings
+        h, w = portrait.image.shape[:2]
+        xy = portrait.face.xy.astype(np.float32)
+        head = _ring(xy, s.head_ring)
+        still = _ring(xy, s.still_ring)
+        n = s.border_points
+        t = np.linspace(0, 1, n + 1)[:-1]
+        border = np.concatenate([
+            np.stack([t * (w - 1), np.zeros_like(t)], 1),
+            np.stack([np.full_like(t, w - 1), t * (h - 1)], 1),
+            np.stack([(1 - t) * (w - 1), np.full_like(t, h - 1)], 1),
+            np.stack([np.zeros_like(t), (1 - t) * (h - 1)], 1),
+        ])
+        # Still points outside the picture are pulled onto its edge; ones inside the head ring's
+        # reach are dropped, so the head always has room to move.
+        still = np.clip(still, 0, [w - 1, h - 1])
+        fixed = np.concatenate([still, border]).astype(np.float32)
+        ring_center = head.mean(0)
+        ring_radius = np.linalg.norm(head - ring_center, axis=1).max()
+        keep = np.linalg.norm(fixed - ring_center, axis=1) > ring_radius * 1.15
+        fixed = _dedupe(fixed[keep], min_dist=4.0)
+        source = np.concatenate([xy, head, fixed]).astype(np.float32)
+
+        # Outside the still ring every triangle has three still corners: only the ring's box moves.
+        x0, y0 = np.floor(still.min(0)).astype(int) - s.grid_step
+        x1, y1 = np.ceil(still.max(0)).astype(int) + s.grid_step + 1
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        rw, rh = x1 - x0, y1 - y0
+        gw, gh = max(2, round(rw / s.grid_step)), max(2, round(rh / s.grid_step))
+        gx = x0 + (np.arange(gw) + 0.5) * (rw / gw) - 0.5  # where cv2.resize puts cell centres
+        gy = y0 + (np.arange(gh) + 0.5) * (rh / gh) - 0.5
+        grid = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2).astype(np.float32)
+        base_x, base_y = np.meshgrid(np.arange(x0, x1, dtype=np.float32),
+                                     np.arange(y0, y1, dtype=np.float32))
+        portrait.extras["warp"] = _WarpMesh(
+            source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
+            roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
+            grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
+            mouth=_mouth_style(portrait.image, xy))
+
+    def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
+        """Where each source point goes: landmarks to the target, the ring with the head."""
+        n, k = mesh.n_landmarks, len(mesh.head_ring)
+        dst = mesh.source.copy()
+        dst[:n] = target.landmarks[:, :2]
+        dst[n:n + k] = target.move_rigid(mesh.head_ring)[:, :2]
+        return dst
+
+    def displacement(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
+        """roi-sized H x W x 2 map: for each output pixel, the offset to the portrait pixel shown."""
+        dst = self.target_points(mesh, target)
+        tri = Delaunay(dst)
+        simplex = tri.find_simplex(mesh.grid)
+        inside = simplex >= 0
+        simplex = np.where(inside, simplex, 0)
+        trans = tri.transform[simplex]  # G x 3 x 2
+        bary2 = np.einsum("gij,gj->gi", trans[:, :2], mesh.grid - trans[:, 2])
+        bary = np.concatenate([bary2, 1 - bary2.sum(1, keepdims=True)], 1)
+        verts = tri.simplices[simplex]  # G x 3
+        offsets = mesh.source - dst  # N x 2
+        disp = np.einsum("gk,gkc->gc", bary, offsets[verts])
+        disp[~inside] = 0.0
+        gh, gw = mesh.grid_shape
+        coarse = disp.reshape(gh, gw, 2).astype(np.float32)
+        x0, y0, x1, y1 = mesh.roi
+        return cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+
+    def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
+        if target is None:
+            return portrait.image
+        self.prepare(portrait)
+        mesh: _WarpMesh = portrait.extras["warp"]
+        disp = self.displacement(mesh, target)
+        map_x = mesh.base_x + disp[..., 0]
+        map_y = mesh.base_y + disp[..., 1]
+        x0, y0, x1, y1 = mesh.roi
+        out = portrait.image.copy()
+        out[y0:y1, x0:x1] = cv2.remap(portrait.image, map_x, map_y, cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REPLICATE)
+        paint_mouth(out, target.landmarks[:, :2], mesh.mouth)
+        return out
+
+
+def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
+    kept: list[np.ndarray] = []
+    for p in points:
+        if all(np.linalg.norm(p - q) >= min_dist for q in kept):
+            kept.append(p)
+    return np.array(kept, np.float32).reshape(-1, 2)
+
+
+def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
+    """Fill the target mouth opening (beyond the portrait's own) with a cavity and teeth hint."""
+    width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
+    gap = np.linalg.norm(xy[fm.UPPER_INNER_LIP] - xy[fm.LOWER_INNER_LIP])
+    extra = gap / width - style.rest_opening
+    if extra <= 0.02:
+        return
+    strength = float(np.clip((extra - 0.02) / 0.08, 0, 1))
+    poly = xy[fm.INNER_LIPS]
+    x0, y0 = np.floor(poly.min(0)).astype(int) - 4
+    x1, y1 = np.ceil(poly.max(0)).astype(int) + 5
+    h, w = out.shape[:2]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return
+    local = (poly - [x0, y0]).astype(np.float32)
+    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+    cv2.fillPoly(mask, [np.round(local * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, gap * 0.06))
+    # Teeth: a band under the upper lip, a fifth of the opening tall, fading downwards.
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    upper_y = xy[fm.UPPER_INNER_LIP, 1]
+    teeth_w = np.clip(1 - (ys - upper_y) / max(gap * 0.28, 1.0), 0, 1) * 0.7
+    colour = style.cavity[None, None, :] * (1 - teeth_w[..., None]) + style.teeth * teeth_w[..., None]
+    alpha = (mask * strength)[..., None]
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = (region * (1 - alpha) + colour * alpha).astype(np.uint8)

@@ -1,0 +1,226 @@
+"""Sinks take each finished picture: virtual camera, preview window, recording.
+
+Sinks register by name (like pyvirtualcam's backends). A sink that fails to open or breaks says so
+in one line and is dropped; the others keep running. The recorder is always finalized on close.
+"""
+
+from __future__ import annotations
+
+import platform
+import queue
+import sys
+import threading
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from live_puppet.errors import UserError
+
+
+def warn(message: str) -> None:
+    print(f"live-puppet: {message}", file=sys.stderr, flush=True)
+
+
+class Letterbox:
+    """Fits pictures of one size into another without distortion (black bars)."""
+
+    def __init__(self, src_size: tuple[int, int], dst_size: tuple[int, int]):
+        sw, sh = src_size
+        dw, dh = dst_size
+        scale = min(dw / sw, dh / sh)
+        self.inner = (max(1, round(sw * scale)), max(1, round(sh * scale)))
+        self.offset = ((dw - self.inner[0]) // 2, (dh - self.inner[1]) // 2)
+        self.src_size, self.dst_size = (sw, sh), (dw, dh)
+        self._canvas = np.zeros((dh, dw, 3), np.uint8)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if (image.shape[1], image.shape[0]) == self.dst_size:
+            return image
+        iw, ih = self.inner
+        ox, oy = self.offset
+        interp = cv2.INTER_AREA if iw < image.shape[1] else cv2.INTER_LINEAR
+        out = self._canvas.copy()
+        out[oy:oy + ih, ox:ox + iw] = cv2.resize(image, (iw, ih), interpolation=interp)
+        return out
+
+
+@dataclass
+class FrameInfo:
+    """What sinks may show about a frame besides its pixels."""
+
+    index: int
+    fps: float = 0.0
+    portrait_name: str = ""
+    landmarks: np.ndarray | None = None  # target landmarks in output pixels (for the overlay)
+    status: str = ""  # e.g. "calibrating: look at the camera with a neutral face"
+    keys: list[int] = field(default_factory=list)  # filled by the preview: keys pressed
+
+
+class Sink:
+    name = "sink"
+
+    def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+SINKS: dict[str, Callable[..., Sink]] = {}
+
+
+def register_sink(name: str):
+    def deco(cls):
+        SINKS[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def vcam_setup_hint() -> str:
+    system = platform.system()
+    if system == "Linux":
+        return ("install v4l2loopback and load it with: sudo modprobe v4l2loopback devices=1 "
+                "exclusive_caps=1 card_label=live-puppet")
+    return "install OBS Studio (28 or newer) and start its Virtual Camera once so the device exists"
+
+
+@register_sink("vcam")
+class VirtualCameraSink(Sink):
+    """Sends frames (already letterboxed to its size) to a virtual camera via pyvirtualcam."""
+
+    def __init__(self, size: tuple[int, int], fps: float, backend: str | None = None):
+        import pyvirtualcam
+
+        try:
+            self.cam = pyvirtualcam.Camera(width=size[0], height=size[1], fps=fps,
+                                           fmt=pyvirtualcam.PixelFormat.BGR, backend=backend)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"No virtual camera device could be opened ({first}); "
+                            f"{vcam_setup_hint()}, or pass --no-vcam.") from None
+        self.device = self.cam.device
+        self.frames_sent = 0
+
+    def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        self.cam.send(image)
+        self.frames_sent += 1
+
+    def close(self) -> None:
+        self.cam.close()
+
+
+@register_sink("preview")
+class PreviewSink(Sink):
+    """An OpenCV window with an overlay; reports the keys pressed (the app maps them to actions)."""
+
+    WINDOW = "live-puppet"
+
+    def __init__(self, show_landmarks: bool = False, show_fps: bool = True):
+        self.show_landmarks = show_landmarks
+        self.show_fps = show_fps
+        try:
+            cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
+        except cv2.error:
+            raise UserError("No display is available for the preview window; pass --no-preview "
+                            "to run headless.") from None
+
+    def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        view = image.copy()
+        if self.show_landmarks and info.landmarks is not None:
+            for x, y in info.landmarks[:, :2].astype(np.int32):
+                cv2.circle(view, (int(x), int(y)), 1, (80, 255, 80), -1, cv2.LINE_AA)
+        lines = [info.portrait_name]
+        if self.show_fps:
+            lines.append(f"{info.fps:5.1f} fps")
+        if info.status:
+            lines.append(info.status)
+        for i, text in enumerate(lines):
+            org = (10, 24 + 22 * i)
+            cv2.putText(view, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(view, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.imshow(self.WINDOW, view)
+        key = cv2.waitKey(1)
+        if key != -1:
+            info.keys.append(key & 0xFF)
+        try:
+            if cv2.getWindowProperty(self.WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+                info.keys.append(ord("q"))  # the window was closed
+        except cv2.error:
+            pass
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.WINDOW)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass
+
+
+@register_sink("record")
+class RecorderSink(Sink):
+    """Writes every frame it is sent to an H.264 file through PyAV, encoding on its own thread.
+
+    Frames are never dropped (the queue blocks when full). `close` flushes the encoder and writes
+    the file's index, so the recording is playable after any exit.
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], fps: float, crf: int = 20):
+        import av
+
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            raise UserError(f"Cannot record to '{self.path}': the folder '{self.path.parent}' "
+                            f"does not exist; create it or choose another path.")
+        rate = Fraction(fps).limit_denominator(1001)
+        try:
+            self.container = av.open(str(self.path), mode="w")
+        except Exception as exc:
+            raise UserError(f"Cannot write the recording '{self.path}' ({exc}); choose a writable "
+                            f"path ending in .mp4 or .mkv.") from None
+        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream.width, self.stream.height = size
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        self.frames_written = 0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import av
+
+        while True:
+            image = self._queue.get()
+            if image is None:
+                break
+            if self.error is not None:
+                continue
+            try:
+                frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+                frame.pts = self.frames_written
+                for packet in self.stream.encode(frame):
+                    self.container.mux(packet)
+                self.frames_written += 1
+            except Exception as exc:  # disk full, ...: keep draining, report on close
+                self.error = exc
+
+    def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"recording failed: {self.error}")
+        self._queue.put(image)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            for packet in self.stream.encode(None):
+                self.container.mux(packet)
+        finally:
+            self.container.close()
