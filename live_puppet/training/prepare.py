@@ -1,0 +1,181 @@
+"""`live-puppet prepare`: videos -> per-clip cached face crops, landmarks and sketches.
+
+Input: a folder of videos in VoxCeleb2's layout (id/video/clip.mp4) or any folder (searched
+recursively) of clips. Output, one folder per clip named by its path relative to the input:
+
+    OUT/<clip id>/frames/000000.jpg     face crops, size x size, BGR JPEG
+    OUT/<clip id>/sketches/000000.png   the coloured sketch of each crop (RGB content)
+    OUT/<clip id>/landmarks.npy         (N, 68, 2) float32 iBUG points in crop pixels
+    OUT/<clip id>/mesh.npy              (N, 478, 2) float32 MediaPipe points in crop pixels
+    OUT/<clip id>/meta.json             written last: the clip is complete when it exists
+
+Every clip has one crop box (so the head moves inside it, as a live portrait's does). Frames without
+a face are dropped; clips with fewer than `MIN_FRAMES` faces are skipped and listed in
+OUT/skipped.json. Running again resumes: complete clips and skipped clips are not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from live_puppet import sketch
+from live_puppet.errors import UserError
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+MIN_FRAMES = 2  # a clip needs at least a shot and a target
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """One input video and the id it gets in the prepared dataset."""
+
+    clip_id: str  # path relative to the dataset folder, without suffix, '/'-separated
+    path: Path
+
+
+def find_clips(dataset_dir: Path) -> list[ClipSource]:
+    """Every video under `dataset_dir`, sorted by id."""
+    if not dataset_dir.is_dir():
+        raise UserError(f"The dataset folder '{dataset_dir}' does not exist; pass a folder of "
+                        f"videos (VoxCeleb2's id/video/clip layout or any folder of clips).")
+    clips = [ClipSource(p.relative_to(dataset_dir).with_suffix("").as_posix(), p)
+             for p in dataset_dir.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()]
+    if not clips:
+        raise UserError(f"No videos ({', '.join(sorted(VIDEO_SUFFIXES))}) were found under "
+                        f"'{dataset_dir}'; pass a folder that contains clips.")
+    return sorted(clips, key=lambda c: c.clip_id)
+
+
+def clip_box(landmarks: list[np.ndarray], scale: float = 1.8) -> sketch.Box:
+    """One square box for the whole clip: the median face box, grown to hold the head's travel."""
+    boxes = np.array([sketch.face_box(lm, scale=scale) for lm in landmarks])
+    cx = np.median((boxes[:, 0] + boxes[:, 2]) / 2)
+    cy = np.median((boxes[:, 1] + boxes[:, 3]) / 2)
+    side = np.median(boxes[:, 2] - boxes[:, 0])
+    travel = max(np.abs((boxes[:, 0] + boxes[:, 2]) / 2 - cx).max(),
+                 np.abs((boxes[:, 1] + boxes[:, 3]) / 2 - cy).max())
+    side = min(side + 2 * travel, 1.5 * side)  # keep faces from shrinking too much
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+class ClipPreparer:
+    """Tracks one clip's frames and writes its cached crops, landmarks and sketches."""
+
+    def __init__(self, landmarker_model: Path, size: int, every: int, max_frames: int | None):
+        self.landmarker_model = landmarker_model
+        self.size = size
+        self.every = every
+        self.max_frames = max_frames
+
+    def _frames(self, path: Path):
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            return
+        try:
+            index = kept = 0
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if index % self.every == 0:
+                    yield index, frame
+                    kept += 1
+                    if self.max_frames is not None and kept >= self.max_frames:
+                        break
+                index += 1
+        finally:
+            cap.release()
+
+    def _track(self, clip: ClipSource) -> tuple[list[int], list[np.ndarray], float]:
+        from live_puppet.tracking import Tracker
+
+        cap = cv2.VideoCapture(str(clip.path))
+        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        cap.release()
+        expected = (total + self.every - 1) // self.every
+        if self.max_frames is not None:
+            expected = min(expected, self.max_frames)
+        indices, marks = [], []
+        with Tracker(self.landmarker_model, mode="video") as tracker:
+            for index, frame in tqdm(self._frames(clip.path), desc=f"  track {clip.clip_id}",
+                                     total=expected or None,
+                                     leave=False, unit="frame"):
+                face = tracker.track(frame, int(index * 1000 / fps))
+                if face is not None:
+                    indices.append(index)
+                    marks.append(face.landmarks[:, :2].copy())
+        return indices, marks, fps
+
+    def prepare(self, clip: ClipSource, out_dir: Path) -> int:
+        """Write the clip; the number of frames kept (0 when it was skipped)."""
+        indices, marks, fps = self._track(clip)
+        if len(indices) < MIN_FRAMES:
+            return 0
+        box = clip_box(marks)
+        tmp = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "frames").mkdir(parents=True)
+        (tmp / "sketches").mkdir()
+        wanted = dict(zip(indices, range(len(indices))))
+        mesh = np.stack([sketch.to_crop(m, box, self.size) for m in marks])
+        ibug = np.stack([sketch.to_ibug68(m) for m in mesh])
+        for index, frame in self._frames(clip.path):
+            j = wanted.get(index)
+            if j is None:
+                continue
+            crop = sketch.crop_image(frame, box, self.size)
+            cv2.imwrite(str(tmp / "frames" / f"{j:06d}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            drawn = sketch.draw_sketch(ibug[j], self.size)
+            cv2.imwrite(str(tmp / "sketches" / f"{j:06d}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        np.save(tmp / "landmarks.npy", ibug.astype(np.float32))
+        np.save(tmp / "mesh.npy", mesh.astype(np.float32))
+        meta = {"clip": clip.clip_id, "source": str(clip.path), "size": self.size,
+                "frames": len(indices), "source_frames": indices, "fps": fps,
+                "box": [float(v) for v in box]}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out_dir)
+        return len(indices)
+
+
+def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: int = 1,
+                    max_frames: int | None = None, landmarker: str | None = None) -> dict:
+    """Prepare every clip not yet prepared; returns counts {prepared, resumed, skipped, frames}."""
+    from live_puppet.tracking import resolve_landmarker_model
+
+    if size < 32:
+        raise UserError(f"--size {size} is too small; use at least the model's image size "
+                        f"(128 for small, 256 for paper).")
+    if every < 1:
+        raise UserError("--every must be 1 or more (keep every N-th frame).")
+    clips = find_clips(dataset_dir)
+    model = resolve_landmarker_model(landmarker)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped_path = out_dir / "skipped.json"
+    skipped = set(json.loads(skipped_path.read_text())) if skipped_path.is_file() else set()
+    preparer = ClipPreparer(model, size, every, max_frames)
+    counts = {"prepared": 0, "resumed": 0, "skipped": 0, "frames": 0}
+    for clip in tqdm(clips, desc="prepare", unit="clip"):
+        target = out_dir / clip.clip_id
+        if (target / "meta.json").is_file() or clip.clip_id in skipped:
+            counts["resumed"] += 1
+            continue
+        kept = preparer.prepare(clip, target)
+        if kept == 0:
+            skipped.add(clip.clip_id)
+            skipped_path.write_text(json.dumps(sorted(skipped)))
+            counts["skipped"] += 1
+            tqdm.write(f"skipped {clip.clip_id}: fewer than {MIN_FRAMES} frames with a face")
+        else:
+            counts["prepared"] += 1
+            counts["frames"] += kept
+    return counts

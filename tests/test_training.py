@@ -1,0 +1,303 @@
+"""Checkpoints, VGG weight files, prepare, train (with resume) and finetune, on tiny data."""
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from live_puppet import sketch
+from live_puppet.errors import UserError
+from live_puppet.model import Discriminator, Embedder, Generator, ModelConfig
+from live_puppet.model.losses import VGG19_PLAN
+from live_puppet.training import commands
+from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, load_vgg_weights, \
+    save_checkpoint
+from live_puppet.training.data import EpisodeSampler, PreparedDataset
+
+torch.set_num_threads(2)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+LANDMARKER = SHARED / "models/face_landmarker.task"
+DRIVING = SHARED / "data/driving/d0.mp4"
+needs_shared = pytest.mark.skipif(
+    not (LANDMARKER.is_file() and DRIVING.is_file()),
+    reason="needs ../shared/models/face_landmarker.task and ../shared/data/driving/d0.mp4")
+
+TINY = ModelConfig(image_size=32, base_channels=8, max_channels=16, generator_down_blocks=2,
+                   generator_res_blocks=1, attention_resolution=16, shots=2)
+
+
+def tiny_meta_checkpoint(num_videos=3, step=7) -> Checkpoint:
+    torch.manual_seed(0)
+    E, G, D = Embedder(TINY), Generator(TINY), Discriminator(TINY, num_videos)
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3)
+    G(torch.zeros(1, 3, 32, 32), G.project(torch.ones(1, 512))).mean().backward()
+    opt.step()
+    return Checkpoint(config=TINY, generator=G, embedder=E, discriminator=D, step=step,
+                      videos=[f"v{i}" for i in range(num_videos)], optimizer_g=opt.state_dict())
+
+
+def test_meta_checkpoint_round_trips(tmp_path):
+    ck = tiny_meta_checkpoint()
+    path = save_checkpoint(tmp_path / "ck.safetensors", ck)
+    back = load_checkpoint(path)
+    assert back.config == TINY and back.step == 7 and back.kind == "meta"
+    assert back.videos == ["v0", "v1", "v2"] and back.e_hat is None and back.psi is None
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    e = torch.rand(1, 512)
+    for m in (ck.generator, ck.embedder, ck.discriminator):
+        m.eval()
+    assert torch.equal(back.generator(x, back.generator.project(e)),
+                       ck.generator(x, ck.generator.project(e)))
+    assert torch.equal(back.embedder(x, x), ck.embedder(x, x))
+    v = torch.tensor([2])
+    assert torch.equal(back.discriminator(x, x, video=v)[0], ck.discriminator(x, x, video=v)[0])
+    opt = torch.optim.Adam(back.generator.parameters(), lr=1e-3)
+    opt.load_state_dict(back.optimizer_g)  # the optimiser state is usable for resuming
+    assert back.optimizer_d is None
+
+
+def test_portrait_checkpoint_holds_e_hat_and_psi(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(TINY)
+    e_hat = torch.rand(1, 512)
+    psi = G.project(e_hat).detach() + 0.1
+    save_checkpoint(tmp_path / "p.safetensors", Checkpoint(
+        config=TINY, generator=G, e_hat=e_hat, psi=psi, step=3, kind="portrait",
+        extra={"boxes": [[1.0, 2.0, 3.0, 4.0]]}))
+    back = load_checkpoint(tmp_path / "p.safetensors")
+    assert back.kind == "portrait" and back.embedder is None and back.discriminator is None
+    assert torch.equal(back.e_hat, e_hat) and torch.equal(back.psi, psi)
+    assert back.extra == {"boxes": [[1.0, 2.0, 3.0, 4.0]]}
+
+
+def assert_one_line_user_error(call, *needles):
+    with pytest.raises(UserError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2
+    for needle in needles:
+        assert needle in message
+    return message
+
+
+def test_missing_corrupt_truncated_and_foreign_checkpoints_are_user_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "nope.safetensors"),
+                               "does not exist")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage" * 100)
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "junk.safetensors"), "corrupt")
+    good = save_checkpoint(tmp_path / "good.safetensors", tiny_meta_checkpoint())
+    data = good.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "cut.safetensors"), "truncated")
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"),
+              metadata={"format": "pt"})
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "foreign.safetensors"),
+                               "not a live-puppet model checkpoint")
+    # a tensor of the wrong shape under a right name
+    tensors = {"generator.projection": torch.zeros(3, 3)}
+    save_file(tensors, str(tmp_path / "bad.safetensors"),
+              metadata={"format": "live-puppet/talking-head", "format_version": "1",
+                        "config": TINY.to_json()})
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "bad.safetensors"), "damaged")
+
+
+def test_bad_checkpoint_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys):
+    cli = pytest.importorskip("live_puppet.cli")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    (tmp_path / "face.png").write_bytes(b"")
+    code = cli.main(["finetune", "--checkpoint", str(tmp_path / "junk.safetensors"),
+                     "--portrait", str(tmp_path / "face.png"), "--out", str(tmp_path / "o.st")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "junk.safetensors" in err
+
+
+def torchvision_style_vgg19(path: Path) -> list[torch.Tensor]:
+    """A random VGG19 in torchvision's key layout (features.N.weight), saved as safetensors."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    tensors, weights, index, prev = {}, [], 0, 3
+    for item in VGG19_PLAN:
+        if item == "M":
+            index += 1
+            continue
+        w = torch.randn(item, prev, 3, 3) * 0.05
+        tensors[f"features.{index}.weight"] = w
+        tensors[f"features.{index}.bias"] = torch.randn(item) * 0.01
+        weights.append(w)
+        index += 2
+        prev = item
+    tensors["classifier.0.weight"] = torch.randn(10, 20)
+    save_file(tensors, str(path))
+    return weights
+
+
+def test_vgg19_weights_load_in_layer_order_from_a_user_file(tmp_path):
+    weights = torchvision_style_vgg19(tmp_path / "vgg19.safetensors")
+    net = load_vgg_weights(tmp_path / "vgg19.safetensors", "vgg19")
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    # features.10 sorts after features.2 (natural order), so layer 5 got the 5th weights
+    for conv, w in zip(convs, weights):
+        assert torch.equal(conv.weight, w)
+    assert not any(p.requires_grad for p in net.parameters())
+    assert_one_line_user_error(lambda: load_vgg_weights(tmp_path / "vgg19.safetensors", "vggface"),
+                               "--vggface")
+    assert_one_line_user_error(lambda: load_vgg_weights(tmp_path / "none.pth", "vgg19"),
+                               "does not exist")
+
+
+def write_prepared_clip(root: Path, clip_id: str, frames: int, size: int = 32, seed: int = 0):
+    """A prepared clip made up here: a coloured square that moves, with a sketch per frame."""
+    rng = np.random.default_rng(seed)
+    clip = root / clip_id
+    (clip / "frames").mkdir(parents=True)
+    (clip / "sketches").mkdir()
+    color = rng.integers(60, 255, 3).tolist()
+    marks = []
+    for j in range(frames):
+        img = np.full((size, size, 3), 30, np.uint8)
+        x = 4 + j % (size - 16)
+        cv2.rectangle(img, (x, 8), (x + 10, 20), color, -1)
+        cv2.imwrite(str(clip / "frames" / f"{j:06d}.jpg"), img)
+        pts = np.stack([np.linspace(x, x + 10, 68), np.linspace(8, 20, 68)], 1).astype(np.float32)
+        cv2.imwrite(str(clip / "sketches" / f"{j:06d}.png"),
+                    cv2.cvtColor(sketch.draw_sketch(pts, size), cv2.COLOR_RGB2BGR))
+        marks.append(pts)
+    np.save(clip / "landmarks.npy", np.stack(marks))
+    (clip / "meta.json").write_text(json.dumps({"clip": clip_id, "size": size, "frames": frames}))
+
+
+def test_episodes_have_k_shots_and_a_target_of_one_clip(tmp_path):
+    write_prepared_clip(tmp_path, "a/x/001", 5, seed=0)
+    write_prepared_clip(tmp_path, "b/y/001", 2, seed=1)  # too short for K=2 episodes
+    data = PreparedDataset(tmp_path)
+    assert data.clip_ids == ["a/x/001", "b/y/001"]
+    ep = EpisodeSampler(data, shots=2, size=32).sample(3)
+    assert ep.shots.shape == (3, 2, 3, 32, 32) and ep.image.shape == (3, 3, 32, 32)
+    assert ep.video.tolist() == [0, 0, 0]
+    assert ep.image.min() >= -1 and ep.image.max() <= 1
+    # sketches at another size are redrawn from the landmarks
+    big = EpisodeSampler(data, shots=2, size=64).sample(1)
+    assert big.sketch.shape == (1, 3, 64, 64) and (big.sketch > -1).any()
+    with pytest.raises(UserError):
+        EpisodeSampler(data, shots=9, size=32)
+    with pytest.raises(UserError):
+        PreparedDataset(tmp_path / "empty")
+
+
+def test_train_writes_checkpoint_log_plot_samples_and_resumes(tmp_path):
+    from live_puppet.training.train import LossLog, TrainOptions, run_training
+
+    for i in range(3):
+        write_prepared_clip(tmp_path / "data", f"clip{i}", 6, seed=i)
+    run = tmp_path / "run"
+    opts = TrainOptions(data=tmp_path / "data", out=run, config=TINY, steps=3, batch=2,
+                        save_every=2, sample_every=2, threads=1)
+    messages = []
+    run_training(opts, echo=messages.append)
+    assert any("WITHOUT the content loss" in m for m in messages)
+    ck = load_checkpoint(run / "last.safetensors")
+    assert ck.step == 3 and ck.videos == ["clip0", "clip1", "clip2"]
+    assert ck.discriminator.W.shape == (512, 3)
+    assert [r["step"] for r in LossLog(run).rows()] == [1, 2, 3]
+    assert (run / "losses.png").stat().st_size > 1000
+    grid = cv2.imread(str(run / "samples" / "step_0000002.png"))
+    assert grid.shape[1] > 5 * 32  # K shots | sketch | output | truth side by side
+    before = {k: v.clone() for k, v in ck.generator.state_dict().items()}
+
+    messages.clear()
+    run_training(TrainOptions(data=tmp_path / "data", out=run, config=TINY, steps=5, batch=2,
+                              save_every=10, sample_every=10, threads=1), echo=messages.append)
+    assert any("resuming" in m and "step 3" in m for m in messages)
+    ck2 = load_checkpoint(run / "last.safetensors")
+    assert ck2.step == 5
+    assert [r["step"] for r in LossLog(run).rows()] == [1, 2, 3, 4, 5]
+    changed = any(not torch.equal(before[k], v) for k, v in ck2.generator.state_dict().items())
+    assert changed
+
+    write_prepared_clip(tmp_path / "data", "clip3", 6, seed=3)
+    assert_one_line_user_error(lambda: run_training(
+        TrainOptions(data=tmp_path / "data", out=run, config=TINY, steps=6)), "other clips")
+
+
+def test_finetuning_raises_psnr_on_the_shots():
+    from live_puppet.model.losses import ContentLoss
+    from live_puppet.training.finetune import FineTuner, self_reenactment_psnr
+
+    ck = tiny_meta_checkpoint()
+    torch.manual_seed(0)
+    image = torch.full((1, 3, 32, 32), -0.6)
+    image[:, 0, 8:20, 8:20] = 0.8  # a red square on grey
+    skt = -torch.ones(1, 3, 32, 32)
+    skt[:, 1, 8, 8:20] = 1.0
+    tuner = FineTuner(ck, image, skt, ContentLoss(None, None, 0, 0),
+                      seed=0)
+    tuner.config = tuner.config.replace(lr_g=2e-3, lr_d=2e-4)
+    for group in tuner.opt_g.param_groups:
+        group["lr"] = 2e-3
+    assert torch.allclose(tuner.w, tuner.e_hat)  # w' starts from ê
+    before = self_reenactment_psnr(tuner.G, tuner.psi, image, skt)
+    for _ in range(40):
+        tuner.step(batch=1)
+    after = self_reenactment_psnr(tuner.G, tuner.psi, image, skt)
+    assert after > before + 3.0
+    result = tuner.result(ck, {})
+    assert result.kind == "portrait" and result.psi.shape == (1, ck.generator.psi_dim)
+    assert result.e_hat.shape == (1, 512)
+
+
+def parser_with_commands() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="live-puppet")
+    commands.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_register_adds_prepare_train_finetune_with_handlers(tmp_path):
+    parser = parser_with_commands()
+    args = parser.parse_args(["train", "--data", "d", "--out", "o", "--steps", "5"])
+    assert args.func is commands.cmd_train and args.config == "small" and args.steps == 5
+    args = parser.parse_args(["prepare", "in", "out", "--size", "128"])
+    assert args.func is commands.cmd_prepare and args.size == 128
+    args = parser.parse_args(["finetune", "--checkpoint", "c", "--portrait", "p", "--out", "o"])
+    assert args.func is commands.cmd_finetune
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--steps", "0"])
+    missing = parser.parse_args(["prepare", str(tmp_path / "nothing"), str(tmp_path / "out")])
+    assert_one_line_user_error(lambda: missing.func(missing), "does not exist")
+
+
+@needs_shared
+def test_prepare_caches_clips_skips_faceless_ones_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVE_PUPPET_LANDMARKER", str(LANDMARKER))
+    dataset = tmp_path / "videos"
+    (dataset / "id001" / "vidA").mkdir(parents=True)
+    (dataset / "id001" / "vidA" / "00001.mp4").symlink_to(DRIVING)
+    writer = cv2.VideoWriter(str(dataset / "blank.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25,
+                             (64, 64))
+    for _ in range(5):
+        writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    out = tmp_path / "prepared"
+    parser = parser_with_commands()
+    args = parser.parse_args(["prepare", str(dataset), str(out), "--size", "64",
+                              "--max-frames", "4"])
+    assert args.func(args) == 0
+    clip = out / "id001" / "vidA" / "00001"
+    meta = json.loads((clip / "meta.json").read_text())
+    assert meta["frames"] == 4 and meta["clip"] == "id001/vidA/00001"
+    assert len(list((clip / "frames").glob("*.jpg"))) == 4
+    assert np.load(clip / "landmarks.npy").shape == (4, 68, 2)
+    assert cv2.imread(str(clip / "sketches" / "000000.png")).shape == (64, 64, 3)
+    assert json.loads((out / "skipped.json").read_text()) == ["blank"]
+    from live_puppet.training.prepare import prepare_dataset
+
+    counts = prepare_dataset(dataset, out, size=64, max_frames=4)
+    assert counts == {"prepared": 0, "resumed": 2, "skipped": 0, "frames": 0}
