@@ -1,0 +1,177 @@
+"""The on-disk cache of compiled engines under `engines/`.
+
+An engine file is named by a key: the sha256 of everything it depends on (checkpoint content, the
+portrait's embedding, resolution, precision, backend, library versions, GPU name). Beside each file
+lies a sidecar `<key>.json` with its size and sha256, written last: a file without a sidecar, or
+whose size or hash disagrees with it (a build that was killed, a truncated copy, a full disk), is
+stale and gets rebuilt. Both are written to temporary files first and moved into place with
+os.replace, so a reader never sees half a file under a valid name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+SIDECAR_SUFFIX = ".json"
+CACHE_FORMAT = 1  # bump when what an engine file holds changes meaning
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_CONTENT_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a big checkpoint is read once."""
+    p = Path(path).resolve()
+    st = p.stat()
+    memo = (str(p), st.st_size, st.st_mtime_ns)
+    if memo not in _CONTENT_HASHES:
+        _CONTENT_HASHES[memo] = file_sha256(p)
+    return _CONTENT_HASHES[memo]
+
+
+def make_key(fields: dict[str, Any]) -> str:
+    """A stable 32-hex-digit key of JSON-able `fields` (order does not matter)."""
+    blob = json.dumps({"cache_format": CACHE_FORMAT, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+@dataclass
+class CacheEntry:
+    """Where one engine lives, and its sidecar."""
+
+    key: str
+    path: Path
+    sidecar: Path
+
+
+def _atomic_write_text(dest: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class EngineCache:
+    """Engine files under one folder, validated by their sidecars, built when missing or stale."""
+
+    def __init__(self, root: str | os.PathLike, keep: int = 24):
+        self.root = Path(root)
+        self.keep = keep  # at most this many engines are kept; the least recently used go first
+
+    def entry(self, key: str, suffix: str) -> CacheEntry:
+        return CacheEntry(key, self.root / f"{key}{suffix}", self.root / f"{key}{SIDECAR_SUFFIX}")
+
+    def validate(self, entry: CacheEntry) -> str | None:
+        """None when the engine file matches its sidecar, else why it does not."""
+        if not entry.path.is_file():
+            return "missing"
+        try:
+            meta = json.loads(entry.sidecar.read_text())
+            size, digest = int(meta["size"]), str(meta["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "no valid sidecar"
+        actual = entry.path.stat().st_size
+        if actual != size:
+            return f"size {actual} bytes, expected {size}"
+        if file_sha256(entry.path) != digest:
+            return "content hash mismatch"
+        return None
+
+    def lookup(self, key: str, suffix: str) -> Path | None:
+        """The engine file for `key` when present and intact; a damaged one is removed."""
+        entry = self.entry(key, suffix)
+        problem = self.validate(entry)
+        if problem is None:
+            os.utime(entry.sidecar)  # mark as recently used for pruning
+            return entry.path
+        if problem != "missing" or entry.sidecar.exists():
+            self.invalidate(key, suffix)
+        return None
+
+    def invalidate(self, key: str, suffix: str) -> None:
+        entry = self.entry(key, suffix)
+        entry.sidecar.unlink(missing_ok=True)
+        entry.path.unlink(missing_ok=True)
+
+    def build(self, key: str, suffix: str, write: Callable[[Path], None],
+              meta: dict[str, Any] | None = None) -> Path:
+        """Run `write(tmp_path)`, then move the file into place and write its sidecar."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        entry = self.entry(key, suffix)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f".tmp{suffix}")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            write(tmp)
+            if not tmp.is_file() or tmp.stat().st_size == 0:
+                raise RuntimeError(f"the engine build wrote nothing to {tmp}")
+            info = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp), "key": key,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
+            entry.sidecar.unlink(missing_ok=True)  # never a valid sidecar beside a changing file
+            os.replace(tmp, entry.path)
+            _atomic_write_text(entry.sidecar, json.dumps(info, indent=1, sort_keys=True, default=str))
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.prune()
+        return entry.path
+
+    def get_or_build(self, key: str, suffix: str, write: Callable[[Path], None],
+                     load: Callable[[Path], T], meta: dict[str, Any] | None = None,
+                     on_rebuild: Callable[[str], None] | None = None) -> tuple[T, bool]:
+        """(loaded engine, whether it came from the cache); damaged or unloadable files are rebuilt."""
+        path = self.lookup(key, suffix)
+        if path is not None:
+            try:
+                return load(path), True
+            except Exception as exc:  # a valid-looking file the runtime refuses: rebuild it
+                if on_rebuild:
+                    on_rebuild(f"cached engine {path.name} could not be loaded "
+                               f"({type(exc).__name__}); rebuilding")
+                self.invalidate(key, suffix)
+        path = self.build(key, suffix, write, meta)
+        return load(path), False
+
+    def entries(self) -> list[Path]:
+        """The sidecars of every engine, most recently used first."""
+        if not self.root.is_dir():
+            return []
+        sidecars = [p for p in self.root.glob(f"*{SIDECAR_SUFFIX}") if not p.name.startswith(".")]
+        return sorted(sidecars, key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def prune(self) -> None:
+        """Delete the least recently used engines beyond `keep`, and orphaned temporary files."""
+        for sidecar in self.entries()[self.keep:]:
+            for f in self.root.glob(f"{sidecar.stem}.*"):
+                f.unlink(missing_ok=True)
+        hour_ago = time.time() - 3600
+        for tmp in self.root.glob(".*.tmp*"):  # left by a build that was killed
+            try:
+                if tmp.stat().st_mtime < hour_ago:
+                    tmp.unlink()
+            except OSError:
+                pass

@@ -1,0 +1,131 @@
+"""The ONNX Runtime backend: the folded generator exported at opset 18, run by an InferenceSession.
+
+Export uses the torch.export-based exporter (`dynamo=True`, the default since torch 2.9) and falls
+back to the TorchScript exporter if that fails. The session uses the CUDA execution provider when
+onnxruntime-gpu offers it, else the CPU one, with all graph optimizations (constant folding, conv
+fusions, NCHWc layouts) and one intra-op thread per core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from live_puppet.backends import Backend, Runner, register_backend
+
+OPSET = 18
+INPUT_NAME = "sketch"
+OUTPUT_NAME = "image"
+
+
+def export_onnx(module, example, dest: Path, opset: int = OPSET) -> None:
+    """Write `module` for `example`'s static shape as an ONNX model (one self-contained file)."""
+    import torch
+
+    module = module.eval()
+    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    sink = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, (example,), str(dest), dynamo=True, external_data=False,
+                              verbose=False, **common)
+        except Exception:  # the TorchScript exporter handles a few graphs the new one cannot
+            torch.onnx.export(module, (example,), str(dest), dynamo=False,
+                              do_constant_folding=True, **common)
+
+
+def cpu_threads() -> int:
+    """Intra-op threads for ONNX Runtime: LIVE_PUPPET_ORT_THREADS, else every core we may use."""
+    env = os.environ.get("LIVE_PUPPET_ORT_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OrtRunner:
+    """One InferenceSession on numpy arrays."""
+
+    def __init__(self, session):
+        self.session = session
+        self.providers = session.get_providers()
+
+    def __call__(self, sketch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(sketch, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+@register_backend("onnxruntime")
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime: CUDA execution provider when present, else the CPU one."""
+
+    artifact_suffix = ".onnx"
+
+    def __init__(self, threads: int | None = None, spinning: bool = True):
+        self.threads = threads
+        self.spinning = spinning
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+            import onnx  # noqa: F401
+        except ImportError:
+            return ("The onnxruntime backend needs the onnxruntime and onnx packages; run "
+                    "pip install -e . to install them, or choose --backend torch.")
+        return None
+
+    @staticmethod
+    def providers() -> list[str]:
+        import onnxruntime as ort
+
+        present = ort.get_available_providers()
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in present]
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+        import onnxruntime as ort
+
+        return {**super().versions(), "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                "opset": str(OPSET), "providers": ",".join(self.providers())}
+
+    def device_name(self) -> str:
+        if "CUDAExecutionProvider" in self.providers():
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cuda"
+        return "cpu"
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of convs: no branches
+        opts.intra_op_num_threads = self.threads or cpu_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only
+        if not self.spinning:  # give the cores back between frames (tracker, capture threads)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return opts
+
+    def export(self, module, example, dest: Path) -> None:
+        export_onnx(module, example, dest)
+
+    def load(self, module, example, dest: Path | None) -> Runner:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(dest), sess_options=self.session_options(),
+                                       providers=self.providers())
+        runner = OrtRunner(session)
+        if example is not None:  # first run allocates the arena; do it now, not on a live frame
+            runner(example.detach().cpu().numpy())
+        return runner

@@ -1,0 +1,198 @@
+"""The `neural` engine: the talking-head generator with the portrait folded in, via a Backend.
+
+Per portrait (`prepare`): the square face box of the portrait, ê from the face crop and its sketch,
+ψ folded into the generator, compiled by the chosen backend and cached under engines/
+(see live_puppet.backends.builder). Per frame (`render`): the target's landmarks are drawn as the
+paper's sketch inside that same box, the compiled generator turns it into the face crop, and the
+crop is pasted back into the portrait through a soft mask around the old and the new face.
+
+Swapping portraits without stalling the stream:
+
+    engine.prepare_async(new_portrait)     # builds in a background thread, returns a Future
+    ... keep calling engine.render(current_portrait, target) ...
+    if engine.is_ready(new_portrait): switch to new_portrait
+
+`render` never blocks on a build: for a portrait whose engine is not ready it starts a background
+build (if none is running) and returns the portrait at rest until the engine is ready. Prepared
+portraits stay loaded (the last few), so swapping back is instant.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from live_puppet import sketch
+from live_puppet.errors import UserError
+from live_puppet.render.base import Engine, register_engine
+from live_puppet.types import Portrait, Target
+
+KEEP_PREPARED = 4  # compiled portraits kept in memory for instant swaps
+
+
+class FacePaster:
+    """Pastes a generated face crop back into the portrait through a feathered face mask."""
+
+    def __init__(self, portrait: Portrait, box: sketch.Box, size: int):
+        self.size = size
+        h, w = portrait.image.shape[:2]
+        self.forward = sketch.box_affine(box, size)  # portrait px -> crop px
+        self.inverse = cv2.invertAffineTransform(self.forward)
+        x0, y0, x1, y1 = box
+        # the part of the portrait the crop covers (integer, clipped to the picture)
+        self.roi = (max(0, int(np.floor(x0))), max(0, int(np.floor(y0))),
+                    min(w, int(np.ceil(x1))), min(h, int(np.ceil(y1))))
+        rx0, ry0 = self.roi[:2]
+        self.roi_inverse = self.inverse.copy()
+        self.roi_inverse[:, 2] -= (rx0, ry0)  # crop px -> roi px
+        self.grow = max(2, size // 24)  # mask dilation and feather, crop pixels
+        self.rest_mask = self._hull_mask(portrait.face.landmarks)
+
+    def _hull_mask(self, landmarks: np.ndarray) -> np.ndarray:
+        pts = self._to_crop(landmarks)
+        mask = np.zeros((self.size, self.size), np.uint8)
+        hull = cv2.convexHull(np.round(pts).astype(np.int32))
+        cv2.fillConvexPoly(mask, hull, 255)
+        return cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                          (2 * self.grow + 1, 2 * self.grow + 1)))
+
+    def _to_crop(self, landmarks: np.ndarray) -> np.ndarray:
+        xy = np.asarray(landmarks, np.float64)[:, :2]
+        return (xy @ self.forward[:, :2].T + self.forward[:, 2]).astype(np.float32)
+
+    def mask(self, landmarks: np.ndarray) -> np.ndarray:
+        """Float32 alpha (size x size, 0..1): the new face and where the old face was, feathered."""
+        m = np.maximum(self.rest_mask, self._hull_mask(landmarks))
+        k = 2 * self.grow + 1
+        return cv2.GaussianBlur(m, (k, k), 0).astype(np.float32) * (1.0 / 255.0)
+
+    def paste(self, image: np.ndarray, face_bgr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """A copy of `image` with `face_bgr` (crop px) blended in by `alpha` (crop px)."""
+        out = image.copy()
+        x0, y0, x1, y1 = self.roi
+        if x1 <= x0 or y1 <= y0:
+            return out
+        size = (x1 - x0, y1 - y0)
+        face = cv2.warpAffine(face_bgr, self.roi_inverse, size, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        a = cv2.warpAffine(alpha, self.roi_inverse, size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)[..., None]
+        region = out[y0:y1, x0:x1].astype(np.float32)
+        out[y0:y1, x0:x1] = (region + a * (face.astype(np.float32) - region) + 0.5).astype(np.uint8)
+        return out
+
+
+class _Active:
+    """A prepared portrait plus its paster."""
+
+    def __init__(self, prepared, paster: FacePaster):
+        self.prepared = prepared
+        self.paster = paster
+
+
+@register_engine("neural")
+class NeuralEngine(Engine):
+    """The few-shot talking-head generator, folded per portrait and compiled by a backend."""
+
+    name = "neural"
+
+    def __init__(self, checkpoint: str | Path | None = None, backend: str = "auto",
+                 engine_dir: str | Path | None = None, progress: bool = True, **_):
+        if not checkpoint:
+            raise UserError("The neural engine needs a trained model; pass --checkpoint PATH (a "
+                            ".safetensors file from `live-puppet train` or `live-puppet finetune`).")
+        from live_puppet.backends.builder import PortraitEngineBuilder
+
+        self.builder = PortraitEngineBuilder(checkpoint, backend=backend, engine_dir=engine_dir,
+                                             progress=progress)
+        self.backend = self.builder.backend_name
+        self._ready: OrderedDict[int, _Active] = OrderedDict()
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neural-build")
+        self.last_error: str | None = None  # the last background build's failure, one line
+
+    # --- preparing -------------------------------------------------------------------------------
+    def _build(self, portrait: Portrait) -> _Active:
+        prepared = self.builder.build(portrait)
+        active = _Active(prepared, FacePaster(portrait, prepared.inputs.box, prepared.size))
+        with self._lock:
+            self._ready[id(portrait)] = active
+            self._ready.move_to_end(id(portrait))
+            while len(self._ready) > KEEP_PREPARED:
+                self._ready.popitem(last=False)
+        return active
+
+    def prepare(self, portrait: Portrait) -> None:
+        """Build (or load from the cache) this portrait's engine now, blocking."""
+        if self.is_ready(portrait):
+            return
+        future = self._pending.get(id(portrait))
+        if future is not None:
+            future.result()
+            return
+        self._build(portrait)
+
+    def prepare_async(self, portrait: Portrait) -> Future:
+        """Build this portrait's engine in the background; `render` keeps working meanwhile."""
+        with self._lock:
+            if id(portrait) in self._ready and self._ready[id(portrait)].prepared.portrait is portrait:
+                done: Future = Future()
+                done.set_result(None)
+                return done
+            if id(portrait) in self._pending:
+                return self._pending[id(portrait)]
+            future = self._executor.submit(self._build_in_background, portrait)
+            self._pending[id(portrait)] = future
+            return future
+
+    def _build_in_background(self, portrait: Portrait) -> None:
+        try:
+            self._build(portrait)
+        except Exception as exc:  # reported through last_error; the stream goes on
+            self.last_error = str(exc) if isinstance(exc, UserError) else \
+                f"building the neural engine for '{portrait.name}' failed: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            with self._lock:
+                self._pending.pop(id(portrait), None)
+
+    def is_ready(self, portrait: Portrait) -> bool:
+        active = self._ready.get(id(portrait))
+        return active is not None and active.prepared.portrait is portrait
+
+    def prepared(self, portrait: Portrait):
+        """The PreparedPortrait (backend, cache key, from_cache, build seconds) or None."""
+        active = self._ready.get(id(portrait))
+        return active.prepared if active is not None and active.prepared.portrait is portrait else None
+
+    # --- rendering -------------------------------------------------------------------------------
+    def generate(self, portrait: Portrait, landmarks: np.ndarray) -> np.ndarray:
+        """The generator's raw output for `landmarks` (portrait px): R x R x 3 uint8 BGR."""
+        from live_puppet.backends.builder import array_to_bgr, rgb_to_array
+
+        active = self._ready[id(portrait)]
+        prepared = active.prepared
+        drawn = sketch.render_sketch(landmarks, prepared.inputs.box, prepared.size)
+        return array_to_bgr(prepared.runner(rgb_to_array(drawn)))
+
+    def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
+        if target is None:
+            return portrait.image.copy()
+        if not self.is_ready(portrait):
+            if id(portrait) not in self._pending:
+                self.prepare_async(portrait)
+            return portrait.image.copy()  # at rest until its engine is ready; never blocks
+        active = self._ready[id(portrait)]
+        face = self.generate(portrait, target.landmarks)
+        return active.paster.paste(portrait.image, face, active.paster.mask(target.landmarks))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._ready.clear()

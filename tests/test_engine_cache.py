@@ -1,0 +1,128 @@
+"""The engine cache: reuse when valid, rebuild when stale, truncated or unloadable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from live_puppet.backends.cache import EngineCache, content_hash, make_key
+
+
+class Counter:
+    """A `write` that records how often it was called and writes a known payload."""
+
+    def __init__(self, payload: bytes = b"engine-bytes" * 100):
+        self.payload = payload
+        self.calls = 0
+
+    def __call__(self, path):
+        self.calls += 1
+        path.write_bytes(self.payload)
+
+
+def read(path):
+    return path.read_bytes()
+
+
+def test_second_lookup_reuses_the_engine(tmp_path):
+    cache, write = EngineCache(tmp_path), Counter()
+    first, cached1 = cache.get_or_build("k1", ".onnx", write, read)
+    second, cached2 = cache.get_or_build("k1", ".onnx", write, read)
+    assert (cached1, cached2) == (False, True)
+    assert first == second == write.payload
+    assert write.calls == 1
+    meta = json.loads((tmp_path / "k1.json").read_text())
+    assert meta["size"] == len(write.payload)
+
+
+def test_truncated_file_is_detected_and_rebuilt(tmp_path):
+    cache, write = EngineCache(tmp_path), Counter()
+    cache.get_or_build("k1", ".onnx", write, read)
+    engine = tmp_path / "k1.onnx"
+    engine.write_bytes(engine.read_bytes()[:100])  # a copy cut short
+    assert cache.validate(cache.entry("k1", ".onnx")).startswith("size")
+    out, cached = cache.get_or_build("k1", ".onnx", write, read)
+    assert not cached and write.calls == 2 and out == write.payload
+
+
+def test_same_size_corruption_is_detected(tmp_path):
+    cache, write = EngineCache(tmp_path), Counter()
+    cache.get_or_build("k1", ".onnx", write, read)
+    engine = tmp_path / "k1.onnx"
+    data = bytearray(engine.read_bytes())
+    data[10] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    assert cache.lookup("k1", ".onnx") is None
+    assert not engine.exists()  # the damaged file is removed
+
+
+def test_missing_sidecar_means_stale(tmp_path):
+    cache, write = EngineCache(tmp_path), Counter()
+    cache.get_or_build("k1", ".onnx", write, read)
+    (tmp_path / "k1.json").unlink()
+    _, cached = cache.get_or_build("k1", ".onnx", write, read)
+    assert not cached and write.calls == 2
+
+
+def test_unloadable_file_is_rebuilt_once(tmp_path):
+    cache, write = EngineCache(tmp_path), Counter()
+    cache.get_or_build("k1", ".onnx", write, read)
+    loads = []
+
+    def picky_load(path):
+        loads.append(path)
+        if len(loads) == 1:
+            raise RuntimeError("runtime refuses this file")
+        return "loaded"
+
+    messages = []
+    out, cached = cache.get_or_build("k1", ".onnx", write, picky_load, on_rebuild=messages.append)
+    assert out == "loaded" and not cached and write.calls == 2
+    assert len(messages) == 1 and "rebuilding" in messages[0]
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    cache = EngineCache(tmp_path)
+
+    def broken(path):
+        path.write_bytes(b"half")
+        raise RuntimeError("export failed")
+
+    with pytest.raises(RuntimeError):
+        cache.build("k1", ".onnx", broken)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_keeps_the_most_recent(tmp_path):
+    import os
+    import time
+
+    cache = EngineCache(tmp_path, keep=10)
+    now = time.time()
+    for i in range(4):
+        cache.build(f"k{i}", ".onnx", Counter())
+        os.utime(tmp_path / f"k{i}.json", (now - 100 + i, now - 100 + i))
+    cache.lookup("k0", ".onnx")  # a use makes k0 the most recent
+    cache.keep = 2
+    cache.prune()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k0.json", "k0.onnx", "k3.json", "k3.onnx"]
+
+
+def test_key_depends_on_every_field(tmp_path):
+    base = {"checkpoint_sha256": "a", "resolution": 256, "backend": "onnxruntime",
+            "precision": "fp32", "versions": {"torch": "2.13.0"}, "device": "cpu"}
+    keys = {make_key(base)}
+    for field, other in [("checkpoint_sha256", "b"), ("resolution", 128), ("backend", "tensorrt"),
+                         ("precision", "fp16"), ("versions", {"torch": "2.14.0"}), ("device", "RTX")]:
+        keys.add(make_key({**base, field: other}))
+    assert len(keys) == 7
+    assert make_key(dict(reversed(list(base.items())))) == make_key(base)
+
+
+def test_content_hash_follows_the_file(tmp_path):
+    f = tmp_path / "ck.safetensors"
+    f.write_bytes(b"one")
+    h1 = content_hash(f)
+    f.write_bytes(b"two, longer")
+    assert content_hash(f) != h1

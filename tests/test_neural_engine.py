@@ -1,0 +1,158 @@
+"""The `neural` engine end to end on a real portrait, with a tiny random-weight checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PORTRAITS, need
+from live_puppet.errors import UserError
+from live_puppet.model import Embedder, Generator, ModelConfig
+from live_puppet.render import create_engine
+from live_puppet.training.checkpoint import Checkpoint, save_checkpoint
+from live_puppet.types import Target
+
+
+def tiny_config() -> ModelConfig:
+    return ModelConfig(image_size=64, base_channels=8, max_channels=16, embed_dim=16,
+                       generator_down_blocks=2, generator_res_blocks=1, attention_resolution=16)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    g = Generator(cfg)
+    with torch.no_grad():
+        g.projection.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("ck") / "tiny.safetensors"
+    save_checkpoint(path, Checkpoint(config=cfg, generator=g, embedder=Embedder(cfg)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def portrait(image_tracker):
+    from live_puppet.portrait import load_portrait
+
+    return load_portrait(need(PORTRAITS / "bouguereau_girl.jpg"), image_tracker, max_side=512)
+
+
+def target_for(portrait, dy: float = 4.0) -> Target:
+    lm = portrait.face.landmarks.copy()
+    lm[:, 1] += dy
+    return Target(landmarks=lm, rotation=np.eye(3), scale=1.0, translation=np.zeros(3),
+                  center=np.zeros(3))
+
+
+def make(checkpoint, tmp_path, backend="onnxruntime"):
+    return create_engine("neural", checkpoint=checkpoint, backend=backend, engine_dir=tmp_path,
+                         progress=False, expression_gain=2.0)  # unknown options are ignored
+
+
+def test_render_pastes_the_generated_face(checkpoint, portrait, tmp_path):
+    engine = make(checkpoint, tmp_path)
+    try:
+        engine.prepare(portrait)
+        assert np.array_equal(engine.render(portrait, None), portrait.image)
+        out = engine.render(portrait, target_for(portrait))
+        assert out.shape == portrait.image.shape and out.dtype == np.uint8
+        x0, y0, x1, y1 = (int(v) for v in portrait.face.bbox())
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        face_diff = np.abs(out[cy - 5:cy + 5, cx - 5:cx + 5].astype(int)
+                           - portrait.image[cy - 5:cy + 5, cx - 5:cx + 5]).mean()
+        assert face_diff > 5  # the (random) generator's face replaced the painted one
+        assert np.array_equal(out[:10, :10], portrait.image[:10, :10])  # far corner untouched
+    finally:
+        engine.close()
+
+
+def test_engine_output_matches_the_unfolded_model(checkpoint, portrait, tmp_path):
+    from live_puppet import sketch
+    from live_puppet.backends.builder import array_to_bgr, rgb_to_tensor
+    from live_puppet.backends.folding import compute_embedding
+    from live_puppet.training.checkpoint import load_checkpoint
+
+    engine = make(checkpoint, tmp_path)
+    try:
+        engine.prepare(portrait)
+        inputs = engine.prepared(portrait).inputs
+        target = target_for(portrait, 6.0)
+        got = engine.generate(portrait, target.landmarks)
+        ck = load_checkpoint(checkpoint)
+        e_hat = compute_embedding(ck.embedder, rgb_to_tensor(inputs.crop_rgb),
+                                  rgb_to_tensor(inputs.sketch_rgb))
+        drawn = sketch.render_sketch(target.landmarks, inputs.box, ck.config.image_size)
+        with torch.no_grad():
+            ref = ck.generator(rgb_to_tensor(drawn), ck.generator.project(e_hat)).numpy()
+        assert np.abs(got.astype(int) - array_to_bgr(ref).astype(int)).max() <= 1
+    finally:
+        engine.close()
+
+
+def test_second_engine_reuses_the_cache_and_truncation_rebuilds(checkpoint, portrait, tmp_path):
+    first = make(checkpoint, tmp_path)
+    first.prepare(portrait)
+    prepared = first.prepared(portrait)
+    reference = first.render(portrait, target_for(portrait))
+    first.close()
+    assert not prepared.from_cache
+    engine_file = tmp_path / f"{prepared.key}.onnx"
+    assert engine_file.is_file() and (tmp_path / f"{prepared.key}.json").is_file()
+
+    second = make(checkpoint, tmp_path)
+    second.prepare(portrait)
+    assert second.prepared(portrait).from_cache
+    assert second.prepared(portrait).key == prepared.key
+    assert np.array_equal(second.render(portrait, target_for(portrait)), reference)
+    second.close()
+
+    engine_file.write_bytes(engine_file.read_bytes()[: engine_file.stat().st_size // 3])
+    third = make(checkpoint, tmp_path)
+    third.prepare(portrait)
+    assert not third.prepared(portrait).from_cache  # detected and rebuilt, no crash
+    assert np.array_equal(third.render(portrait, target_for(portrait)), reference)
+    third.close()
+
+
+def test_unprepared_portrait_builds_in_background_without_blocking(checkpoint, portrait, tmp_path):
+    engine = make(checkpoint, tmp_path, backend="torch")
+    try:
+        out = engine.render(portrait, target_for(portrait))  # returns at once, at rest
+        assert np.array_equal(out, portrait.image)
+        engine.prepare_async(portrait).result(timeout=120)
+        assert engine.is_ready(portrait)
+        assert not np.array_equal(engine.render(portrait, target_for(portrait)), portrait.image)
+    finally:
+        engine.close()
+
+
+def test_missing_and_corrupt_checkpoints_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="needs a trained model"):
+        create_engine("neural", backend="onnxruntime")
+    with pytest.raises(UserError, match="does not exist"):
+        create_engine("neural", checkpoint=tmp_path / "nope.safetensors", backend="onnxruntime")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(UserError):
+        create_engine("neural", checkpoint=bad, backend="onnxruntime")
+
+
+def test_build_engine_command(checkpoint, tmp_path, capsys, landmarker_model):
+    from live_puppet.backends import commands
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    portrait_path = need(PORTRAITS / "bouguereau_girl.jpg")
+    argv = ["build-engine", "--checkpoint", str(checkpoint), "--portrait", str(portrait_path),
+            "--backend", "onnxruntime", "--engine-dir", str(tmp_path / "eng"),
+            "--landmarker-model", str(landmarker_model), "--max-side", "512"]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert "built" in capsys.readouterr().out
+    assert len(list((tmp_path / "eng").glob("*.onnx"))) == 1
+    args = parser.parse_args(argv)
+    assert args.func(args) == 0
+    assert "reused the cached engine" in capsys.readouterr().out
