@@ -5,6 +5,7 @@ Stages know nothing of the app; the app knows each stage only through its small 
 
 from __future__ import annotations
 
+import queue
 import signal
 import sys
 import threading
@@ -39,6 +40,16 @@ HOTKEYS = (
 
 def hotkey_help() -> str:
     return "Hotkeys (preview window): " + "; ".join(f"{k} {v}" for k, v in HOTKEYS)
+
+
+@dataclass
+class _Work:
+    """A tracked frame on its way from the tracking thread to the render thread."""
+
+    frame: object
+    face: object
+    portrait: object
+    target: object
 
 
 @dataclass
@@ -176,25 +187,65 @@ class App:
             self._switch_portrait(self.gallery.index)
 
     # -- the loop ----------------------------------------------------------------------------------
-    def _step(self, frame) -> None:
+    # Two threads share the work so both cores are used: the tracking thread takes frames from the
+    # capture thread, tracks and retargets them; the main thread renders and feeds the sinks (GUI
+    # calls must stay on the main thread). A hand-over queue of two keeps latency bounded.
+
+    def _track_loop(self) -> None:
+        st = self.stats
+        try:
+            while not self.stop_requested.is_set():
+                t0 = time.perf_counter()
+                frame = self.capture.get(timeout=0.5)
+                if frame is None:
+                    if self.capture.finished:
+                        break
+                    continue
+                st.add("capture_wait", time.perf_counter() - t0)
+                clock = _Clock(time.perf_counter())
+                face = self.tracker.track(frame.image, int(frame.media_time * 1000))
+                st.add("track", clock.lap())
+                portrait = self.portrait
+                target = self.retargeter(face, portrait, frame.media_time)
+                st.add("retarget", clock.lap())
+                self._put(_Work(frame, face, portrait, target))
+        except BaseException as exc:
+            self._worker_error = exc
+        finally:
+            self._put(None, force=True)
+
+    def _put(self, item, force: bool = False) -> None:
+        while True:
+            try:
+                self._work.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self.stop_requested.is_set() and not force:
+                    return
+                if force:  # make room for the end marker
+                    try:
+                        self._work.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def _render_step(self, work: "_Work") -> None:
         st = self.stats
         clock = _Clock(time.perf_counter())
-        face = self.tracker.track(frame.image, int(frame.media_time * 1000))
-        st.add("track", clock.lap())
-        if face is not None:
-            st.frames_with_face += 1
-        target = self.retargeter(face, self.portrait, frame.media_time)
-        st.add("retarget", clock.lap())
-        image = self.engine.render(self.portrait, target)
+        image = self.engine.render(work.portrait, work.target)
         st.add("render", clock.lap())
-        out = self.letterbox(image)
-        info = FrameInfo(index=frame.index, fps=st.live_fps(), portrait_name=self.portrait.name,
-                         status=self._status(face))
-        if target is not None and self.preview and self.preview.show_landmarks:
-            info.landmarks = target.landmarks
+        if work.face is not None:
+            st.frames_with_face += 1
+        letterbox = self.letterbox
+        if letterbox.src_size != work.portrait.size:
+            letterbox = self.letterbox = Letterbox(work.portrait.size, self.config.vcam_size)
+        out = letterbox(image)
+        info = FrameInfo(index=work.frame.index, fps=st.live_fps(), portrait_name=work.portrait.name,
+                         status=self._status(work.face))
+        if work.target is not None and self.preview and self.preview.show_landmarks:
+            info.landmarks = work.target.landmarks
         self._send(out, image, info)
         st.add("sink", clock.lap())
-        st.add("capture_to_sink", time.perf_counter() - frame.timestamp)
+        st.add("capture_to_sink", time.perf_counter() - work.frame.timestamp)
         st.frame_out()
         for key in info.keys:
             self.handle_key(key)
@@ -230,26 +281,34 @@ class App:
         finally:
             self._shutdown()
             self._restore_signal_handlers(previous)
-        if self.capture_error is not None:
-            raise self.capture_error
+        for error in (self._worker_error, self.capture_error):
+            if error is not None:
+                raise error
         return self.stats
 
     def _loop(self) -> None:
         c = self.config
-        st = self.stats
-        while not self.stop_requested.is_set():
-            t0 = time.perf_counter()
-            frame = self.capture.get(timeout=0.5)
-            if frame is None:
-                if self.capture.finished:
+        self._work: queue.Queue = queue.Queue(maxsize=2)
+        self._tracking = threading.Thread(target=self._track_loop, name="tracking", daemon=True)
+        self._tracking.start()
+        while True:
+            try:
+                work = self._work.get(timeout=0.5)
+            except queue.Empty:
+                if self.stop_requested.is_set() and not self._tracking.is_alive():
                     break
                 continue
-            st.add("capture_wait", time.perf_counter() - t0)
-            self._step(frame)
-            if c.max_frames is not None and st.frames_out >= c.max_frames:
+            if work is None:
                 break
+            self._render_step(work)
+            if c.max_frames is not None and self.stats.frames_out >= c.max_frames:
+                self.stop_requested.set()
+                break
+        self.stop_requested.set()
+        self._tracking.join(timeout=5.0)
 
     capture_error = None
+    _worker_error = None
 
     def _shutdown(self) -> None:
         """Stop capture, finalize the recording and close everything, whatever happened."""

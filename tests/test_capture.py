@@ -1,0 +1,115 @@
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from live_puppet.capture import Capture, ImageFolderSource, Source, VideoFileSource, open_source
+from live_puppet.errors import UserError
+from conftest import numbered_frames, write_video
+
+
+def drain(capture: Capture) -> list:
+    got = []
+    while True:
+        frame = capture.get(timeout=2.0)
+        if frame is None:
+            assert capture.finished
+            return got
+        got.append(frame)
+
+
+def test_no_realtime_hands_over_every_frame_once_in_order(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", numbered_frames(30))
+    capture = Capture(VideoFileSource(path), realtime=False).start()
+    frames = drain(capture)
+    capture.stop()
+    assert [f.index for f in frames] == list(range(30))
+    levels = [int(f.image.mean()) for f in frames]
+    assert all(b > a for a, b in zip(levels, levels[1:]))  # decoded in order, none repeated
+    assert capture.frames_dropped == 0
+    assert frames[-1].media_time == pytest.approx(29 / 25)
+
+
+class SlowConsumerSource(Source):
+    """A fast live source: 200 frames as quickly as possible."""
+
+    is_live = True
+    fps = 1000.0
+
+    def frames(self):
+        for i in range(200):
+            yield np.full((8, 8, 3), i % 256, np.uint8)
+            time.sleep(0.001)
+
+
+def test_realtime_keeps_only_the_newest_frame_and_counts_drops():
+    capture = Capture(SlowConsumerSource(), realtime=True).start()
+    got = []
+    while True:
+        frame = capture.get(timeout=2.0)
+        if frame is None:
+            break
+        got.append(frame.index)
+        time.sleep(0.02)  # a consumer slower than the source
+    capture.stop()
+    assert got == sorted(got)
+    assert len(got) < 100  # frames were skipped rather than queued up
+    assert capture.frames_dropped + len(got) == 200
+    assert got[-1] == 199  # the newest frame is never lost
+
+
+def test_realtime_paces_a_file_at_its_fps(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", numbered_frames(10), fps=25)
+    start = time.perf_counter()
+    capture = Capture(VideoFileSource(path), realtime=True).start()
+    drain(capture)
+    capture.stop()
+    assert time.perf_counter() - start >= 9 / 25 * 0.9
+
+
+def test_loop_starts_the_file_over(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", numbered_frames(5))
+    frames = VideoFileSource(path, loop=True).frames()
+    levels = [int(next(frames).mean()) for _ in range(12)]
+    assert levels[5] == levels[0] and levels[10] == levels[0]
+
+
+def test_mirror_flips_frames(tmp_path):
+    img = np.zeros((10, 20, 3), np.uint8)
+    img[:, :5] = 255
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    capture = Capture(ImageFolderSource(tmp_path), realtime=False, mirror=True).start()
+    frame = capture.get(timeout=2.0)
+    capture.stop()
+    assert frame.image[:, -5:].min() == 255 and frame.image[:, :5].max() == 0
+
+
+def test_image_folder_in_name_order(tmp_path):
+    for i in (2, 0, 1):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((8, 8, 3), i * 50, np.uint8))
+    (tmp_path / "notes.txt").write_text("not an image")
+    levels = [int(img.mean()) for img in ImageFolderSource(tmp_path).frames()]
+    assert levels == [0, 50, 100]
+
+
+def test_bad_sources_say_what_is_wrong(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        open_source(str(tmp_path / "missing.mp4"))
+    text = tmp_path / "notes.mp4"
+    text.write_text("hello")
+    with pytest.raises(UserError, match="could not be read as a video"):
+        open_source(str(text))
+    with pytest.raises(UserError, match="holds no images"):
+        open_source(str(_empty(tmp_path)))
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+def test_a_camera_that_cannot_open_says_so():
+    with pytest.raises(UserError, match="Could not open camera 7"):
+        open_source("7")

@@ -1,0 +1,114 @@
+"""End to end: the command a user runs, on real clips, through a fake virtual camera."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DRIVING, PORTRAITS, ROOT, need, numbered_frames, write_video
+from live_puppet.cli import main
+
+
+def count_frames(path: Path) -> tuple[str, int]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        return stream.codec_context.name, sum(1 for _ in c.decode(stream))
+
+
+def test_mona_lisa_driven_by_d19_through_a_fake_camera_and_a_recording(tmp_path, fake_vcam, landmarker_model):
+    portrait = need(PORTRAITS / "mona_lisa.jpg")
+    clip = need(DRIVING / "d19.mp4")
+    out, stats = tmp_path / "out.mp4", tmp_path / "s.json"
+    code = main(["run", "--portrait", str(portrait), "--source", str(clip), "--no-preview",
+                 "--no-realtime", "--vcam-backend", "fake", "--max-frames", "90",
+                 "--record", str(out), "--stats-json", str(stats)])
+    assert code == 0
+    cam = fake_vcam.instances[0]
+    assert len(cam.frames) == 90 and cam.closed
+    assert count_frames(out) == ("h264", 90)
+    summary = json.loads(stats.read_text())
+    assert summary["frames_out"] == 90 and summary["frames_with_face"] == 90
+    for stage in ("capture_wait", "track", "retarget", "render", "sink", "capture_to_sink"):
+        assert set(summary["latency_ms"][stage]) == {"median", "p90", "p99"}
+    # The camera got the portrait letterboxed into 1280x720, not stretched: black side bars.
+    frame = cam.frames[-1].reshape(720, 1280, 3)
+    assert frame[:, :300].max() == 0 and frame[:, 500:780].mean() > 30
+
+
+def test_the_portrait_moves_with_the_driver(tmp_path, landmarker_model):
+    """Frames differ from the still portrait where the driver moves, and stay put far away."""
+    portrait = need(PORTRAITS / "mona_lisa.jpg")
+    clip = need(DRIVING / "d0.mp4")  # strong expressions
+    out = tmp_path / "out.mp4"
+    assert main(["run", "--portrait", str(portrait), "--source", str(clip), "--no-preview",
+                 "--no-vcam", "--no-realtime", "--record", str(out), "--vcam-size", "576x1024"]) == 0
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="bgr24").astype(np.int16) for f in c.decode(video=0)]
+    first = frames[0]
+    change = [np.abs(f - first).mean(axis=2) for f in frames]
+    face = max(float(ch[180:370, 210:380].mean()) for ch in change)
+    corner = max(float(ch[-150:, :150].mean()) for ch in change)
+    assert face > 4 and corner < 1.5
+
+
+def run_cli(*args, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "run_live.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def assert_one_clear_line(result, pattern):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [l for l in result.stderr.splitlines() if l.startswith("live-puppet: error:")]
+    assert len(errors) == 1 and pattern in errors[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", numbered_frames(5))
+
+
+def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, landmarker_model):
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture")
+    assert_one_clear_line(run_cli("--portrait", str(text), "--source", str(clip), "--no-vcam",
+                                  "--no-preview"), "is not an image")
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((400, 400, 3), 120, np.uint8))
+    assert_one_clear_line(run_cli("--portrait", str(wall), "--source", str(clip), "--no-vcam",
+                                  "--no-preview"), "No face was found")
+    assert_one_clear_line(run_cli("--portrait", str(tmp_path / "missing.jpg"), "--source", str(clip),
+                                  "--no-vcam", "--no-preview"), "does not exist")
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(tmp_path / "gone.mp4"),
+                                  "--no-vcam", "--no-preview"), "does not exist")
+
+
+def test_sigint_mid_run_leaves_a_playable_recording(tmp_path, landmarker_model):
+    portrait = need(PORTRAITS / "mona_lisa.jpg")
+    clip = need(DRIVING / "d3.mp4")
+    out = tmp_path / "out.mp4"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_live.py"), "--portrait", str(portrait),
+                             "--source", str(clip), "--realtime", "--loop", "--no-vcam",
+                             "--no-preview", "--record", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    codec, n = count_frames(out)
+    assert codec == "h264" and n > 5

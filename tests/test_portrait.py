@@ -1,0 +1,78 @@
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from live_puppet.errors import UserError
+from live_puppet.portrait import Gallery, fit_canvas, load_portrait, read_image
+
+
+def test_reads_rgba_grey_cmyk_and_exif_orientation(tmp_path):
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent on the left half
+    rgba[:, 15:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    img = read_image(tmp_path / "a.png")
+    assert img.shape == (20, 30, 3)
+    assert tuple(img[0, 0]) == (255, 255, 255)  # transparent -> white
+    assert tuple(img[0, 20]) == (0, 0, 255)  # opaque red, BGR
+
+    Image.fromarray(np.full((10, 12), 90, np.uint8), "L").save(tmp_path / "g.png")
+    assert read_image(tmp_path / "g.png").shape == (10, 12, 3)
+
+    Image.new("CMYK", (12, 10), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    c = read_image(tmp_path / "c.jpg")
+    assert c.shape == (10, 12, 3) and c[5, 5, 2] > 200 and c[5, 5, 0] < 60  # red
+
+    wide = Image.new("RGB", (40, 10), (0, 128, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    wide.save(tmp_path / "r.jpg", exif=exif)
+    assert read_image(tmp_path / "r.jpg").shape == (40, 10, 3)
+
+
+def test_not_an_image_and_missing_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UserError, match="not an image"):
+        read_image(tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="does not exist"):
+        read_image(tmp_path / "missing.jpg")
+
+
+def test_canvas_caps_the_long_side_and_fits_a_requested_size():
+    img = np.zeros((2000, 1000, 3), np.uint8)
+    assert fit_canvas(img, None, 1024).shape == (1024, 512, 3)
+    assert fit_canvas(img, (640, 480), 1024).shape == (480, 640, 3)
+    small = np.zeros((300, 200, 3), np.uint8)
+    assert fit_canvas(small, None, 1024).shape == (300, 200, 3)
+
+
+def test_astronaut_face_is_found(astronaut_portrait):
+    face = astronaut_portrait.face
+    assert face.landmarks.shape == (478, 3)
+    x0, y0, x1, y1 = face.bbox()
+    # Eileen Collins' face is in the upper middle of the 512x512 photo.
+    assert 150 < (x0 + x1) / 2 < 300 and 50 < (y0 + y1) / 2 < 250
+    assert len(face.blendshapes) == 52
+
+
+def test_no_face_and_tiny_face(tmp_path, image_tracker, astronaut):
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((300, 300, 3), 128, np.uint8))
+    with pytest.raises(UserError, match="No face was found"):
+        load_portrait(tmp_path / "wall.png", image_tracker)
+    canvas = np.full((1400, 1400, 3), 200, np.uint8)
+    canvas[:64, :64] = cv2.resize(astronaut, (64, 64), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "tiny.png"), canvas)
+    with pytest.raises(UserError, match="(pixels across|No face)"):
+        load_portrait(tmp_path / "tiny.png", image_tracker)
+
+
+def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):
+    cv2.imwrite(str(tmp_path / "b.png"), astronaut)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.flip(astronaut, 1))
+    gallery = Gallery(tmp_path, image_tracker)
+    assert [p.name for p in gallery.paths] == ["a.png", "b.png"]
+    assert gallery.load(1).name == "b"
+    cv2.imwrite(str(tmp_path / "c.png"), astronaut)
+    gallery.reload()
+    assert len(gallery) == 3 and gallery.index == 1

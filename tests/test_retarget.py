@@ -1,0 +1,106 @@
+import cv2
+import numpy as np
+import pytest
+
+from live_puppet import face_mesh as fm
+from live_puppet.retarget import (OneEuroFilter, Retargeter, RetargetSettings, clamp_rotation,
+                                  matrix_rotation, umeyama)
+from live_puppet.types import FaceState
+
+
+def rot(yaw_deg=0.0, pitch_deg=0.0, roll_deg=0.0):
+    r, _ = cv2.Rodrigues(np.radians([pitch_deg, yaw_deg, roll_deg]).astype(np.float64))
+    return r
+
+
+def test_umeyama_recovers_a_known_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(40, 3))
+    r = rot(20, -10, 5)
+    dst = 1.3 * src @ r.T + [5, -2, 1]
+    r2, s2, t2 = umeyama(src, dst)
+    assert np.allclose(r2, r, atol=1e-9) and s2 == pytest.approx(1.3) and np.allclose(t2, [5, -2, 1])
+
+
+def test_clamp_rotation_limits_the_angle():
+    r = clamp_rotation(rot(60), 35)
+    angle = np.degrees(np.linalg.norm(cv2.Rodrigues(r)[0]))
+    assert angle == pytest.approx(35, abs=1e-6)
+
+
+def face_from(landmarks, rotation=np.eye(3), blend=None):
+    m = np.eye(4)
+    gl = np.diag([1.0, -1.0, -1.0])
+    m[:3, :3] = gl @ rotation @ gl  # inverse of matrix_rotation's axis change
+    return FaceState(landmarks=landmarks.astype(np.float32), blendshapes=blend or {}, matrix=m,
+                     image_size=(512, 512))
+
+
+def drive(retargeter, portrait, faces):
+    out = None
+    for i, face in enumerate(faces):
+        out = retargeter(face, portrait, i / 30)
+    return out
+
+
+def settings():
+    return RetargetSettings(neutral_frames=3, smoothing_min_cutoff=1e6)  # no smoothing in these tests
+
+
+def test_matrix_rotation_round_trips_through_the_gl_axes():
+    r = rot(15, 5, -3)
+    assert np.allclose(matrix_rotation(face_from(np.zeros((478, 3)), r).matrix), r, atol=1e-6)
+
+
+def test_neutral_driver_leaves_the_portrait_as_it_is(astronaut_portrait):
+    rng = np.random.default_rng(1)
+    driver = rng.normal(scale=40, size=(478, 3)) + [250, 250, 0]
+    target = drive(Retargeter(settings()), astronaut_portrait, [face_from(driver)] * 5)
+    assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 1e-3
+
+
+def test_open_mouth_and_head_turn_are_carried_over(astronaut_portrait):
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy() * 0.8 + [40, 10, 0]
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    # The driver drops the jaw: the lower lip and chin go down by a tenth of the face height.
+    opened = neutral.copy()
+    face_h = np.ptp(neutral[:, 1])
+    lower = list(fm.LOWER_INNER_LIP for _ in range(1)) + [17, 152, 14, 87, 317, 178, 402]
+    opened[lower, 1] += 0.1 * face_h
+    target = rt(face_from(opened), astronaut_portrait, 1.0)
+    p = astronaut_portrait.face.landmarks
+    gap_before = p[fm.LOWER_INNER_LIP, 1] - p[fm.UPPER_INNER_LIP, 1]
+    gap_after = target.landmarks[fm.LOWER_INNER_LIP, 1] - target.landmarks[fm.UPPER_INNER_LIP, 1]
+    portrait_h = np.ptp(p[:, 1])
+    assert gap_after - gap_before == pytest.approx(0.1 * portrait_h, rel=0.15)
+    # The driver turns the head by 20 degrees (about its own centre): the portrait turns too.
+    c = neutral.mean(0)
+    turned = (neutral - c) @ rot(20).T + c
+    target = rt(face_from(turned, rot(20)), astronaut_portrait, 2.0)
+    angle = np.degrees(np.linalg.norm(cv2.Rodrigues(target.rotation.astype(np.float64))[0]))
+    assert angle == pytest.approx(20, abs=0.5)
+    assert abs(target.landmarks[fm.UPPER_INNER_LIP, 1] - p[fm.UPPER_INNER_LIP, 1]) < 0.05 * portrait_h
+
+
+def test_retake_neutral_uses_the_next_frames(astronaut_portrait):
+    rt = Retargeter(settings())
+    base = astronaut_portrait.face.landmarks.astype(np.float64)
+    drive(rt, astronaut_portrait, [face_from(base)] * 3)
+    smiling = base.copy()
+    smiling[[61, 291], 1] -= 8
+    assert np.abs(rt(face_from(smiling), astronaut_portrait, 1).landmarks - base).max() > 5
+    rt.retake_neutral()
+    assert rt(face_from(smiling), astronaut_portrait, 2) is None  # calibrating again
+    target = drive(rt, astronaut_portrait, [face_from(smiling)] * 3)
+    assert np.abs(target.landmarks - base).max() < 1e-3
+
+
+def test_one_euro_filter_calms_a_still_signal_and_follows_a_jump():
+    f = OneEuroFilter(min_cutoff=1.0, beta=0.05)
+    rng = np.random.default_rng(2)
+    noisy = [f(np.array([100.0 + rng.normal(scale=1.0)]), i / 30)[0] for i in range(60)]
+    assert np.std(noisy[30:]) < 0.5
+    for i in range(60, 70):
+        out = f(np.array([160.0]), i / 30)[0]
+    assert out > 155

@@ -1,0 +1,51 @@
+import av
+import numpy as np
+import pytest
+
+from live_puppet.errors import UserError
+from live_puppet.sinks import FrameInfo, Letterbox, RecorderSink, VirtualCameraSink
+
+
+def test_letterbox_keeps_the_aspect_ratio():
+    box = Letterbox((576, 1024), (1280, 720))
+    out = box(np.full((1024, 576, 3), 200, np.uint8))
+    assert out.shape == (720, 1280, 3)
+    cols = np.where(out[360, :, 0] > 100)[0]
+    assert len(cols) == 405 and abs(cols[0] - (1280 - 405) // 2) <= 1  # 576/1024*720 = 405 wide
+    assert out[:, :400].max() == 0
+
+
+def test_recorder_writes_h264_with_every_frame(tmp_path):
+    path = tmp_path / "out.mp4"
+    rec = RecorderSink(path, (320, 240), 30)
+    for i in range(45):
+        rec.send(np.full((240, 320, 3), i * 5, np.uint8), FrameInfo(index=i))
+    rec.close()
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert sum(1 for _ in c.decode(stream)) == 45
+
+
+def test_recorder_into_a_missing_folder_says_so(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        RecorderSink(tmp_path / "nope" / "out.mp4", (320, 240), 30)
+
+
+def test_virtual_camera_gets_frames(fake_vcam):
+    sink = VirtualCameraSink((320, 240), 30, backend="fake")
+    sink.send(np.zeros((240, 320, 3), np.uint8), FrameInfo(index=0))
+    sink.close()
+    assert len(fake_vcam.instances[0].frames) == 1 and fake_vcam.instances[0].closed
+
+
+def test_no_virtual_camera_device_gives_the_setup_command():
+    import pyvirtualcam
+
+    class Broken:
+        def __init__(self, **kw):
+            raise RuntimeError("device not found")
+
+    pyvirtualcam.register_backend("broken", Broken)
+    with pytest.raises(UserError, match="(v4l2loopback|OBS)"):
+        VirtualCameraSink((320, 240), 30, backend="broken")

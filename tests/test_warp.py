@@ -1,0 +1,54 @@
+import numpy as np
+
+from live_puppet import face_mesh as fm
+from live_puppet.render import create_engine
+from live_puppet.types import Target
+
+
+def target_for(portrait, landmarks, rotation=np.eye(3), translation=np.zeros(3)):
+    return Target(landmarks=landmarks.astype(np.float32), rotation=rotation.astype(np.float32),
+                  scale=1.0, translation=np.asarray(translation, np.float32),
+                  center=portrait.face.landmarks.mean(0))
+
+
+def test_the_rest_pose_reproduces_the_portrait_exactly(astronaut_portrait):
+    engine = create_engine("warp")
+    engine.prepare(astronaut_portrait)
+    out = engine.render(astronaut_portrait, target_for(astronaut_portrait, astronaut_portrait.face.landmarks))
+    assert out.shape == astronaut_portrait.image.shape
+    assert np.abs(out.astype(int) - astronaut_portrait.image).max() <= 1
+
+
+def test_an_opened_mouth_shows_a_dark_interior(astronaut_portrait):
+    engine = create_engine("warp")
+    p = astronaut_portrait
+    lms = p.face.landmarks.copy()
+    face_h = np.ptp(lms[:, 1])
+    lower = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 314, 181, 405, 91, 321, 152, 148, 377]
+    lms[lower, 1] += 0.12 * face_h
+    out = engine.render(p, target_for(p, lms))
+    mouth_centre = ((lms[fm.UPPER_INNER_LIP, :2] + lms[fm.LOWER_INNER_LIP, :2]) / 2).astype(int)
+    x, y = mouth_centre
+    before = p.image[y - 2:y + 3, x - 2:x + 3].mean()
+    after = out[y - 2:y + 3, x - 2:x + 3].mean()
+    assert after < before * 0.6  # dark cavity, not stretched lips
+
+
+def test_head_motion_moves_the_head_but_not_the_picture_corners(astronaut_portrait):
+    engine = create_engine("warp")
+    p = astronaut_portrait
+    shift = np.array([12.0, 0.0, 0.0])
+    out = engine.render(p, target_for(p, p.face.landmarks + shift, translation=shift))
+    # The face moved: its pixels now sit 12 px further right.
+    x0, y0, x1, y1 = (int(v) for v in p.face.bbox())
+    patch = p.image[y0 + 20:y1 - 20, x0 + 20:x1 - 20].astype(float)
+    moved = out[y0 + 20:y1 - 20, x0 + 32:x1 - 8].astype(float)
+    assert np.abs(moved - patch).mean() < np.abs(out[y0 + 20:y1 - 20, x0 + 20:x1 - 20] - patch).mean()
+    # Far from the face nothing moves.
+    assert np.array_equal(out[-20:, :20], p.image[-20:, :20])
+    assert np.array_equal(out[:10, -10:], p.image[:10, -10:])
+
+
+def test_static_engine_shows_the_portrait(astronaut_portrait):
+    out = create_engine("static").render(astronaut_portrait, None)
+    assert np.array_equal(out, astronaut_portrait.image)
