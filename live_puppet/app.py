@@ -65,11 +65,12 @@ class _Clock:
 class App:
     """One live session. `run()` returns when the source ends, q is pressed, or on Ctrl-C."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, extra_sinks: list[Sink] | None = None):
+        """`extra_sinks` are fed alongside the configured ones (evaluation, benchmarks)."""
         self.config = config
         self.stats = Stats()
         self.stop_requested = threading.Event()
-        self.sinks: list[Sink] = []
+        self.sinks: list[Sink] = list(extra_sinks or [])
         self.recorder: RecorderSink | None = None
         self.vcam: VirtualCameraSink | None = None
         self.preview: PreviewSink | None = None
@@ -127,7 +128,7 @@ class App:
                 print(f"Virtual camera: {self.vcam.device} ({c.vcam_size[0]}x{c.vcam_size[1]} "
                       f"@ {c.vcam_fps:g} fps)", flush=True)
             except UserError as err:
-                if not c.preview and not c.record:
+                if not c.preview and not self.sinks:
                     raise
                 warn(f"{err} Continuing without it.")
         if c.preview:
@@ -240,7 +241,8 @@ class App:
             letterbox = self.letterbox = Letterbox(work.portrait.size, self.config.vcam_size)
         out = letterbox(image)
         info = FrameInfo(index=work.frame.index, fps=st.live_fps(), portrait_name=work.portrait.name,
-                         status=self._status(work.face))
+                         status=self._status(work.face), driver=work.frame.image,
+                         driver_face=work.face, target=work.target)
         if work.target is not None and self.preview and self.preview.show_landmarks:
             info.landmarks = work.target.landmarks
         self._send(out, image, info)
@@ -260,7 +262,7 @@ class App:
     def _send(self, letterboxed: np.ndarray, image: np.ndarray, info: FrameInfo) -> None:
         for sink in list(self.sinks):
             try:
-                sink.send(image if sink is self.preview else letterboxed, info)
+                sink.send(image if sink.wants_canvas else letterboxed, info)
             except Exception as exc:
                 warn(f"the {sink.name} output failed ({exc}) and was turned off; the others go on.")
                 self.sinks.remove(sink)

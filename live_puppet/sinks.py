@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from live_puppet.errors import UserError
+from live_puppet.types import FaceState, Target
 
 
 def warn(message: str) -> None:
@@ -58,10 +59,17 @@ class FrameInfo:
     landmarks: np.ndarray | None = None  # target landmarks in output pixels (for the overlay)
     status: str = ""  # e.g. "calibrating: look at the camera with a neutral face"
     keys: list[int] = field(default_factory=list)  # filled by the preview: keys pressed
+    driver: np.ndarray | None = None  # the driving frame this output was made from (BGR)
+    driver_face: "FaceState | None" = None  # what the tracker saw in it
+    target: "Target | None" = None  # what the engine was asked to show (None: at rest)
 
 
 class Sink:
+    """Takes each finished picture. `wants_canvas`: the portrait-sized picture, not the
+    letterboxed camera frame."""
+
     name = "sink"
+    wants_canvas = False
 
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
         raise NotImplementedError
@@ -120,6 +128,7 @@ class PreviewSink(Sink):
     """An OpenCV window with an overlay; reports the keys pressed (the app maps them to actions)."""
 
     WINDOW = "live-puppet"
+    wants_canvas = True
 
     def __init__(self, show_landmarks: bool = False, show_fps: bool = True):
         self.show_landmarks = show_landmarks
