@@ -113,15 +113,11 @@ def resolve_backend(name: str = "auto", announce: Callable[[str], None] | None =
         reason = backend_class(candidate).unavailable_reason()
         if reason is None:
             if announce:
-                why = f" ({'; '.join(skipped)})" if skipped else ""
-                announce(f"Neural backend: {candidate} (auto){why}.")
+                why = f"; not available: {', '.join(skipped)}" if skipped else ""
+                announce(f"Neural backend: {candidate} (chosen by --backend auto{why}).")
             return candidate
-        skipped.append(f"{candidate}: {_short(reason)}")
+        skipped.append(candidate)
     raise UserError("No neural backend can run here; install onnxruntime or torch.")
-
-
-def _short(reason: str) -> str:
-    return reason.split(";")[0].rstrip(".")
 
 
 def create_backend(name: str, **options) -> Backend:

@@ -116,6 +116,7 @@ class NeuralEngine(Engine):
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neural-build")
         self.last_error: str | None = None  # the last background build's failure, one line
+        self._failed: dict[int, str] = {}  # portraits whose build failed: not retried per frame
 
     # --- preparing -------------------------------------------------------------------------------
     def _build(self, portrait: Portrait) -> _Active:
@@ -157,6 +158,7 @@ class NeuralEngine(Engine):
         except Exception as exc:  # reported through last_error; the stream goes on
             self.last_error = str(exc) if isinstance(exc, UserError) else \
                 f"building the neural engine for '{portrait.name}' failed: {type(exc).__name__}: {exc}"
+            self._failed[id(portrait)] = self.last_error
             raise
         finally:
             with self._lock:
@@ -185,7 +187,7 @@ class NeuralEngine(Engine):
         if target is None:
             return portrait.image.copy()
         if not self.is_ready(portrait):
-            if id(portrait) not in self._pending:
+            if id(portrait) not in self._pending and id(portrait) not in self._failed:
                 self.prepare_async(portrait)
             return portrait.image.copy()  # at rest until its engine is ready; never blocks
         active = self._ready[id(portrait)]

@@ -1,0 +1,207 @@
+"""Benchmarks of the folded generator per backend, and of an engine's time to first frame.
+
+    python -m live_puppet.backends.bench --configs small paper --size 256 --frames 10
+    python -m live_puppet.backends.bench --ttff --portrait P.jpg --config small --backend onnxruntime
+
+Speed does not depend on the weights, so the generator benchmark uses random (untrained) weights
+with a random ψ. `live-puppet bench --engine neural` can call `bench_generators` and `format_table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BACKENDS = ("torch", "torch-compile", "onnxruntime")
+
+
+@dataclass
+class BenchRow:
+    """One generator on one backend."""
+
+    config: str
+    backend: str
+    size: int
+    gflops: float  # of the module the backend runs (after folding and rewrites)
+    ms_median: float
+    ms_min: float
+    build_s: float  # export/compile + load
+    max_abs_err: float  # vs. the unfolded eager generator on the same sketch
+
+
+def _time_runner(runner, x: np.ndarray, frames: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        runner(x)
+    times = []
+    for _ in range(frames):
+        t = time.perf_counter()
+        runner(x)
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size: int = 256,
+                     frames: int = 10, warmup: int = 2, seed: int = 0,
+                     include_unfolded: bool = True, log=print) -> list[BenchRow]:
+    """ms per frame of the portrait-folded generator, per config and backend, at `size` px."""
+    import torch
+
+    from live_puppet.backends import create_backend
+    from live_puppet.backends.folding import fold_generator, generator_flops
+    from live_puppet.model import Generator, ModelConfig
+
+    rows: list[BenchRow] = []
+    for name in configs:
+        torch.manual_seed(seed)
+        cfg = ModelConfig.named(name).replace(image_size=size)
+        g = Generator(cfg).eval()
+        psi = torch.randn(1, g.psi_dim) * 0.3
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        with torch.no_grad():
+            ref = g(x, psi).numpy()
+        if include_unfolded:
+            def unfolded(a, g=g, psi=psi):
+                with torch.inference_mode():
+                    return g(torch.from_numpy(a), psi).numpy()
+
+            times = _time_runner(unfolded, x.numpy(), frames, warmup)
+            rows.append(BenchRow(name, "torch (unfolded)", size,
+                                 generator_flops(g, size, psi) / 1e9, statistics.median(times),
+                                 min(times), 0.0, 0.0))
+            log(_format_row(rows[-1]))
+        folded = fold_generator(g, psi=psi)
+        flops = generator_flops(folded, size) / 1e9
+        for backend_name in backends:
+            backend = create_backend(backend_name)
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                path = None
+                if backend.artifact_suffix:
+                    path = Path(tmp) / f"engine{backend.artifact_suffix}"
+                    backend.export(folded, x, path)
+                runner = backend.load(folded, x, path)
+                build_s = time.perf_counter() - start
+                err = float(np.abs(runner(x.numpy()) - ref).max())
+                times = _time_runner(runner, x.numpy(), frames, warmup)
+            rows.append(BenchRow(name, backend_name, size, flops, statistics.median(times),
+                                 min(times), build_s, err))
+            log(_format_row(rows[-1]))
+    return rows
+
+
+def _format_row(r: BenchRow) -> str:
+    return (f"| {r.config:6} | {r.backend:17} | {r.size:4} | {r.gflops:6.1f} | {r.ms_median:8.1f} | "
+            f"{r.ms_min:8.1f} | {r.build_s:7.1f} | {r.max_abs_err:9.2e} |")
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """A Markdown table of the rows."""
+    head = ("| config | backend           | px   | GFLOP  | ms (med) | ms (min) | build s | max |err| |\n"
+            "|--------|-------------------|------|--------|----------|----------|---------|-----------|")
+    return "\n".join([head] + [_format_row(r) for r in rows])
+
+
+@dataclass
+class FirstFrame:
+    """Time from constructing the engine to the first rendered frame."""
+
+    label: str
+    seconds: float
+    from_cache: bool
+
+
+def time_to_first_frame(checkpoint: Path, portrait, backend: str, engine_dir: Path,
+                        label: str) -> FirstFrame:
+    """Construct a neural engine, prepare the portrait and render one frame; wall time."""
+    from live_puppet.render.neural import NeuralEngine
+    from live_puppet.types import Target
+
+    target = Target(landmarks=portrait.face.landmarks, rotation=np.eye(3), scale=1.0,
+                    translation=np.zeros(3), center=np.zeros(3))
+    start = time.perf_counter()
+    engine = NeuralEngine(checkpoint=checkpoint, backend=backend, engine_dir=engine_dir,
+                          progress=False)
+    try:
+        engine.prepare(portrait)
+        engine.render(portrait, target)
+        seconds = time.perf_counter() - start
+        return FirstFrame(label, seconds, engine.prepared(portrait).from_cache)
+    finally:
+        engine.close()
+
+
+def first_frame_report(portrait_path: Path, config: str = "small", backend: str = "onnxruntime",
+                       landmarker: str | None = None, log=print) -> list[FirstFrame]:
+    """Cold build, cached start, and a start after the engine file was truncated."""
+    import torch
+
+    from live_puppet import backends as _  # noqa: F401  (registry)
+    from live_puppet.backends.cache import content_hash
+    from live_puppet.model import Embedder, Generator, ModelConfig
+    from live_puppet.portrait import load_portrait
+    from live_puppet.tracking import Tracker, resolve_landmarker_model
+    from live_puppet.training.checkpoint import Checkpoint, save_checkpoint
+
+    with Tracker(resolve_landmarker_model(landmarker), mode="image") as tracker:
+        portrait = load_portrait(Path(portrait_path), tracker)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.manual_seed(0)
+        cfg = ModelConfig.named(config)
+        ck = tmp / f"{config}.safetensors"
+        save_checkpoint(ck, Checkpoint(config=cfg, generator=Generator(cfg), embedder=Embedder(cfg)))
+        content_hash(ck)  # hashing is per process; do not bill it to the cold start only
+        engines = tmp / "engines"
+        for label in ("cold (build)", "cached"):
+            results.append(time_to_first_frame(ck, portrait, backend, engines, label))
+            log(f"{label:24} {results[-1].seconds:6.2f} s  from_cache={results[-1].from_cache}")
+        engine_files = [p for p in engines.iterdir() if p.suffix not in (".json",)
+                        and not p.name.startswith(".")]
+        for f in engine_files:
+            size = f.stat().st_size
+            f.write_bytes(f.read_bytes()[: size // 2])
+            log(f"truncated {f.name}: {size} -> {f.stat().st_size} bytes")
+        if engine_files:
+            results.append(time_to_first_frame(ck, portrait, backend, engines,
+                                               "after truncation"))
+            log(f"{'after truncation':24} {results[-1].seconds:6.2f} s  "
+                f"from_cache={results[-1].from_cache}")
+            results.append(time_to_first_frame(ck, portrait, backend, engines, "cached again"))
+            log(f"{'cached again':24} {results[-1].seconds:6.2f} s  "
+                f"from_cache={results[-1].from_cache}")
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m live_puppet.backends.bench",
+                                description="Generator ms/frame per backend; engine time to first frame.")
+    p.add_argument("--configs", nargs="+", default=["small", "paper"])
+    p.add_argument("--backends", nargs="+", default=list(DEFAULT_BACKENDS))
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--frames", type=int, default=10)
+    p.add_argument("--ttff", action="store_true", help="time to first frame: cold vs cached")
+    p.add_argument("--portrait", type=Path, help="portrait for --ttff")
+    p.add_argument("--config", default="small", help="config for --ttff")
+    p.add_argument("--backend", default="onnxruntime", help="backend for --ttff")
+    p.add_argument("--landmarker-model")
+    args = p.parse_args(argv)
+    if args.ttff:
+        if not args.portrait:
+            p.error("--ttff needs --portrait")
+        first_frame_report(args.portrait, args.config, args.backend, args.landmarker_model)
+        return 0
+    rows = bench_generators(args.configs, args.backends, args.size, args.frames)
+    print()
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
