@@ -9,7 +9,9 @@ Every backend turns the same `PortraitGenerator` (sketch [1,3,R,R] float32 in [-
     image = runner(sketch_nchw_float32)
 
 `torch` and `torch-compile` run the module in process and write no file; `onnxruntime` writes an
-.onnx model and `tensorrt` a serialized torch-tensorrt ExportedProgram, both cached by
+.onnx model, `onnxruntime-int8` the same model statically quantized to INT8 with a calibration set
+of real sketches (opt-in: approximate), and `tensorrt` a serialized torch-tensorrt ExportedProgram,
+all cached by
 `live_puppet.backends.cache.EngineCache`. `auto` is resolved by `resolve_backend`: TensorRT when
 CUDA and torch-tensorrt are present, else ONNX Runtime, else torch.
 """
@@ -24,7 +26,7 @@ import numpy as np
 
 from live_puppet.errors import UserError
 
-BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "torch", "torch-compile")
+BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime", "onnxruntime-int8", "torch", "torch-compile")
 
 
 class Runner(Protocol):
@@ -39,6 +41,9 @@ class Backend:
     name = "backend"
     precision = "fp32"
     artifact_suffix: str | None = None  # file suffix of what `export` writes; None: nothing written
+
+    def __init__(self, **options):
+        """Backends take keyword options (threads, calibration_dir, ...) and ignore the rest."""
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -75,6 +80,7 @@ _LAZY = {
     "torch": "live_puppet.backends.torch_backend",
     "torch-compile": "live_puppet.backends.torch_backend",
     "onnxruntime": "live_puppet.backends.onnx_backend",
+    "onnxruntime-int8": "live_puppet.backends.onnx_backend",
     "tensorrt": "live_puppet.backends.tensorrt_backend",
 }
 

@@ -48,7 +48,8 @@ def _time_runner(runner, x: np.ndarray, frames: int, warmup: int) -> list[float]
 
 def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size: int = 256,
                      frames: int = 10, warmup: int = 2, seed: int = 0,
-                     include_unfolded: bool = True, log=print) -> list[BenchRow]:
+                     include_unfolded: bool = True, log=print,
+                     calibration_dir: Path | None = None) -> list[BenchRow]:
     """ms per frame of the portrait-folded generator, per config and backend, at `size` px."""
     import torch
 
@@ -78,7 +79,7 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
         folded = fold_generator(g, psi=psi)
         flops = generator_flops(folded, size) / 1e9
         for backend_name in backends:
-            backend = create_backend(backend_name)
+            backend = create_backend(backend_name, calibration_dir=calibration_dir)
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
                 path = None
@@ -191,13 +192,15 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="small", help="config for --ttff")
     p.add_argument("--backend", default="onnxruntime", help="backend for --ttff")
     p.add_argument("--landmarker-model")
+    p.add_argument("--calibration-dir", type=Path, help="INT8 calibration sets (onnxruntime-int8)")
     args = p.parse_args(argv)
     if args.ttff:
         if not args.portrait:
             p.error("--ttff needs --portrait")
         first_frame_report(args.portrait, args.config, args.backend, args.landmarker_model)
         return 0
-    rows = bench_generators(args.configs, args.backends, args.size, args.frames)
+    rows = bench_generators(args.configs, args.backends, args.size, args.frames,
+                            calibration_dir=args.calibration_dir)
     print()
     print(format_table(rows))
     return 0

@@ -107,14 +107,15 @@ class PortraitEngineBuilder:
 
     def __init__(self, checkpoint: str | os.PathLike, backend: str = "auto",
                  engine_dir: str | os.PathLike | None = None,
-                 announce: Callable[[str], None] | None = print, progress: bool = True):
+                 announce: Callable[[str], None] | None = print, progress: bool = True,
+                 **backend_options):
         self.checkpoint_path = Path(checkpoint).expanduser()
         if not self.checkpoint_path.is_file():
             raise UserError(f"The checkpoint '{self.checkpoint_path}' does not exist; pass the "
                             f"path of a .safetensors file written by `live-puppet train` or "
                             f"`live-puppet finetune`.")
         self.backend_name = resolve_backend(backend, announce=announce)
-        self.backend = create_backend(self.backend_name)
+        self.backend = create_backend(self.backend_name, **backend_options)
         self.cache = EngineCache(engine_dir if engine_dir is not None else default_engine_dir())
         self.announce = announce
         self.progress = progress

@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                    help="portrait image, or a folder of them (an engine for each)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="auto (default: tensorrt on an NVIDIA GPU, else onnxruntime), tensorrt, "
-                        "onnxruntime, torch, torch-compile")
+                        "onnxruntime, onnxruntime-int8 (needs a calibration set), torch, "
+                        "torch-compile")
     p.add_argument("--engine-dir", type=Path, default=Path("engines"),
                    help="folder of compiled engines (default: engines/)")
     p.add_argument("--landmarker-model", type=Path,
@@ -37,6 +38,11 @@ def register(subparsers) -> None:
                    help="output canvas WxH, as given to run (the engine depends on it)")
     p.add_argument("--max-side", type=positive_int, default=1024,
                    help="cap on the canvas's long side when --size is not given, as given to run")
+    p.add_argument("--calibration-clip", type=Path,
+                   help="onnxruntime-int8 only: a driving clip whose sketches calibrate INT8 "
+                        "(written once under --calibration-dir)")
+    p.add_argument("--calibration-dir", type=Path,
+                   help="folder of INT8 calibration sets (default: calibration/)")
     p.set_defaults(func=handler)
 
 
@@ -47,8 +53,16 @@ def handler(args: argparse.Namespace) -> int:
     from live_puppet.tracking import Tracker, resolve_landmarker_model
 
     paths = list_portraits(args.portrait)
+    calibration_dir = getattr(args, "calibration_dir", None)
+    if getattr(args, "calibration_clip", None):
+        from live_puppet.backends.calibration import default_calibration_dir, write_calibration_set
+
+        calibration_dir = calibration_dir or default_calibration_dir()
+        written = write_calibration_set(args.calibration_clip, calibration_dir,
+                                        landmarker=args.landmarker_model)
+        print(f"Calibration set written to {written}")
     engine = NeuralEngine(checkpoint=args.checkpoint, backend=args.backend,
-                          engine_dir=args.engine_dir)
+                          engine_dir=args.engine_dir, calibration_dir=calibration_dir)
     try:
         with Tracker(resolve_landmarker_model(args.landmarker_model), mode="image") as tracker:
             for path in paths:

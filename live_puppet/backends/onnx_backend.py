@@ -69,7 +69,7 @@ class OnnxRuntimeBackend(Backend):
 
     artifact_suffix = ".onnx"
 
-    def __init__(self, threads: int | None = None, spinning: bool = True):
+    def __init__(self, threads: int | None = None, spinning: bool = True, **_):
         self.threads = threads
         self.spinning = spinning
 
@@ -129,3 +129,72 @@ class OnnxRuntimeBackend(Backend):
         if example is not None:  # first run allocates the arena; do it now, not on a live frame
             runner(example.detach().cpu().numpy())
         return runner
+
+
+class SketchCalibrationReader:
+    """Feeds calibration sketches to ONNX Runtime's quantizer, one [1, 3, R, R] batch at a time."""
+
+    def __init__(self, sketches: list[np.ndarray]):
+        from live_puppet.backends.builder import rgb_to_array
+
+        self._batches = iter([{INPUT_NAME: rgb_to_array(s)} for s in sketches])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+@register_backend("onnxruntime-int8")
+class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
+    """ONNX Runtime on the CPU with convolutions statically quantized to INT8 (QDQ, per channel).
+
+    Calibrated on real sketches from calibration/ (see live_puppet.backends.calibration). Faster
+    on CPUs with VNNI, but approximate: opt-in, never chosen by `auto`.
+    """
+
+    precision = "int8"
+    artifact_suffix = ".int8.onnx"
+    QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul")
+
+    def __init__(self, calibration_dir: str | os.PathLike | None = None, **options):
+        super().__init__(**options)
+        from live_puppet.backends.calibration import CalibrationSet, default_calibration_dir
+
+        self.calibration = CalibrationSet(calibration_dir or default_calibration_dir()).require()
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        reason = super().unavailable_reason()
+        if reason:
+            return reason
+        try:
+            import onnxruntime.quantization  # noqa: F401
+        except ImportError:
+            return ("The onnxruntime-int8 backend needs onnxruntime's quantization tools; "
+                    "reinstall onnxruntime or choose --backend onnxruntime.")
+        return None
+
+    @staticmethod
+    def providers() -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def versions(self) -> dict[str, str]:
+        return {**super().versions(), "calibration": self.calibration.digest()}
+
+    def export(self, module, example, dest: Path) -> None:
+        import tempfile
+
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        size = int(example.shape[-1])
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
+            export_onnx(module, example, fp32)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+                quantize_static(str(pre), str(dest),
+                                SketchCalibrationReader(self.calibration.sketches(size)),
+                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                op_types_to_quantize=list(self.QUANTIZED_OPS))

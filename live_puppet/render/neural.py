@@ -102,14 +102,15 @@ class NeuralEngine(Engine):
     name = "neural"
 
     def __init__(self, checkpoint: str | Path | None = None, backend: str = "auto",
-                 engine_dir: str | Path | None = None, progress: bool = True, **_):
+                 engine_dir: str | Path | None = None, progress: bool = True,
+                 calibration_dir: str | Path | None = None, **_):
         if not checkpoint:
             raise UserError("The neural engine needs a trained model; pass --checkpoint PATH (a "
                             ".safetensors file from `live-puppet train` or `live-puppet finetune`).")
         from live_puppet.backends.builder import PortraitEngineBuilder
 
         self.builder = PortraitEngineBuilder(checkpoint, backend=backend, engine_dir=engine_dir,
-                                             progress=progress)
+                                             progress=progress, calibration_dir=calibration_dir)
         self.backend = self.builder.backend_name
         self._ready: OrderedDict[int, _Active] = OrderedDict()
         self._pending: dict[int, Future] = {}

@@ -1,0 +1,105 @@
+"""INT8 calibration sets: real landmark sketches taken from a driving clip, kept under calibration/.
+
+    calibration/<clip stem>/points.npy    (N, 68, 2) float32 iBUG points in unit crop coordinates
+    calibration/<clip stem>/sketches/     the same sketches as 256-px PNGs, to look at
+
+The points are stored rather than pixels so the sketches can be redrawn exactly at any generator
+resolution. A set is complete when points.npy exists (written last, atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from live_puppet import sketch
+from live_puppet.errors import UserError
+
+POINTS_FILE = "points.npy"
+PREVIEW_SIZE = 256
+
+
+def default_calibration_dir() -> Path:
+    """calibration/ beside engines/ (the source checkout's, else the working directory's)."""
+    from live_puppet.backends.builder import default_engine_dir
+
+    return default_engine_dir().parent / "calibration"
+
+
+def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, count: int = 48,
+                          landmarker: str | os.PathLike | None = None) -> Path:
+    """Track `count` evenly spaced frames of `clip` and store their sketches' points; the set's dir."""
+    from tqdm import tqdm
+
+    from live_puppet.tracking import Tracker, resolve_landmarker_model
+
+    clip = Path(clip).expanduser()
+    cap = cv2.VideoCapture(str(clip))
+    if not cap.isOpened():
+        raise UserError(f"The calibration clip '{clip}' cannot be read; pass a video file with a "
+                        f"face (e.g. ../shared/data/driving/d3.mp4).")
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or count
+    wanted = set(np.linspace(0, max(total - 1, 0), num=min(count, max(total, 1))).round().astype(int))
+    dest = Path(out_dir) / clip.stem
+    (dest / "sketches").mkdir(parents=True, exist_ok=True)
+    points = []
+    with Tracker(resolve_landmarker_model(landmarker), mode="video") as tracker:
+        bar = tqdm(total=len(wanted), desc=f"calibration set from {clip.name}", unit="frame")
+        index = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            face = tracker.track(frame, timestamp_ms=int(index * 1000 / 30))
+            if index in wanted and face is not None:
+                box = sketch.face_box(face.landmarks)
+                unit = sketch.to_crop(sketch.to_ibug68(face.landmarks), box, 1)
+                points.append(unit)
+                preview = sketch.draw_sketch(unit * PREVIEW_SIZE, PREVIEW_SIZE)
+                cv2.imwrite(str(dest / "sketches" / f"{index:06d}.png"),
+                            cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
+                bar.update(1)
+            index += 1
+        bar.close()
+    cap.release()
+    if not points:
+        raise UserError(f"No face was found in the calibration clip '{clip}'; use a clip of a "
+                        f"talking face.")
+    tmp = dest / f".{POINTS_FILE}.tmp.npy"
+    np.save(tmp, np.stack(points).astype(np.float32))
+    os.replace(tmp, dest / POINTS_FILE)
+    return dest
+
+
+class CalibrationSet:
+    """Every set under a calibration folder, as sketches at a given resolution."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        files = sorted(self.root.glob(f"*/{POINTS_FILE}")) + sorted(self.root.glob(POINTS_FILE))
+        self.points = [p for f in files for p in np.load(f)]
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def require(self) -> "CalibrationSet":
+        if not self.points:
+            raise UserError(f"INT8 needs a calibration set and '{self.root}' has none; run "
+                            f"`live-puppet build-engine --backend onnxruntime-int8 "
+                            f"--calibration-clip CLIP ...` once with a driving clip.")
+        return self
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for p in self.points:
+            h.update(np.ascontiguousarray(p, np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def sketches(self, size: int) -> list[np.ndarray]:
+        """The sketches redrawn at `size`: RGB uint8, size x size x 3."""
+        return [sketch.draw_sketch(p * size, size) for p in self.points]
