@@ -156,3 +156,22 @@ def test_build_engine_command(checkpoint, tmp_path, capsys, landmarker_model):
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     assert "reused the cached engine" in capsys.readouterr().out
+
+
+def test_swap_keeps_rendering_the_current_portrait_while_the_next_builds(
+        checkpoint, portrait, image_tracker, tmp_path):
+    from live_puppet.portrait import load_portrait
+
+    other = load_portrait(need(PORTRAITS / "woman_in_black.jpg"), image_tracker, max_side=512)
+    engine = make(checkpoint, tmp_path)
+    try:
+        engine.prepare(portrait)
+        current = engine.render(portrait, target_for(portrait))
+        future = engine.prepare_async(other)
+        frames = [engine.render(portrait, target_for(portrait)) for _ in range(3)]
+        assert all(np.array_equal(f, current) for f in frames)  # the stream goes on unchanged
+        future.result(timeout=120)
+        assert engine.is_ready(other) and engine.is_ready(portrait)
+        assert engine.render(other, target_for(other)).shape == other.image.shape
+    finally:
+        engine.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -30,7 +31,8 @@ def export_onnx(module, example, dest: Path, opset: int = OPSET) -> None:
     module = module.eval()
     common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     sink = io.StringIO()
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(sink), \
+            _quiet_loggers("torch.onnx", "torch.export", "onnxscript", "root"):
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, (example,), str(dest), dynamo=True, external_data=False,
@@ -38,6 +40,20 @@ def export_onnx(module, example, dest: Path, opset: int = OPSET) -> None:
         except Exception:  # the TorchScript exporter handles a few graphs the new one cannot
             torch.onnx.export(module, (example,), str(dest), dynamo=False,
                               do_constant_folding=True, **common)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Raise these loggers to ERROR for the duration (the exporter's and quantizer's chatter)."""
+    loggers = [logging.getLogger(n if n != "root" else None) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def cpu_threads() -> int:
@@ -190,7 +206,8 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
             export_onnx(module, example, fp32)
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    _quiet_loggers("root", "onnxruntime"):
                 warnings.simplefilter("ignore")
                 quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
                 quantize_static(str(pre), str(dest),

@@ -143,7 +143,7 @@ class NeuralEngine(Engine):
     def prepare_async(self, portrait: Portrait) -> Future:
         """Build this portrait's engine in the background; `render` keeps working meanwhile."""
         with self._lock:
-            if id(portrait) in self._ready and self._ready[id(portrait)].prepared.portrait is portrait:
+            if self._active(portrait) is not None:
                 done: Future = Future()
                 done.set_result(None)
                 return done
@@ -165,34 +165,43 @@ class NeuralEngine(Engine):
             with self._lock:
                 self._pending.pop(id(portrait), None)
 
-    def is_ready(self, portrait: Portrait) -> bool:
+    def _active(self, portrait: Portrait) -> _Active | None:
         active = self._ready.get(id(portrait))
-        return active is not None and active.prepared.portrait is portrait
+        return active if active is not None and active.prepared.portrait is portrait else None
+
+    def is_ready(self, portrait: Portrait) -> bool:
+        return self._active(portrait) is not None
 
     def prepared(self, portrait: Portrait):
         """The PreparedPortrait (backend, cache key, from_cache, build seconds) or None."""
-        active = self._ready.get(id(portrait))
-        return active.prepared if active is not None and active.prepared.portrait is portrait else None
+        active = self._active(portrait)
+        return active.prepared if active is not None else None
 
     # --- rendering -------------------------------------------------------------------------------
-    def generate(self, portrait: Portrait, landmarks: np.ndarray) -> np.ndarray:
-        """The generator's raw output for `landmarks` (portrait px): R x R x 3 uint8 BGR."""
+    @staticmethod
+    def _generate(active: _Active, landmarks: np.ndarray) -> np.ndarray:
         from live_puppet.backends.builder import array_to_bgr, rgb_to_array
 
-        active = self._ready[id(portrait)]
         prepared = active.prepared
         drawn = sketch.render_sketch(landmarks, prepared.inputs.box, prepared.size)
         return array_to_bgr(prepared.runner(rgb_to_array(drawn)))
 
+    def generate(self, portrait: Portrait, landmarks: np.ndarray) -> np.ndarray:
+        """The generator's raw output for `landmarks` (portrait px): R x R x 3 uint8 BGR."""
+        active = self._active(portrait)
+        if active is None:
+            raise RuntimeError(f"portrait '{portrait.name}' is not prepared")
+        return self._generate(active, landmarks)
+
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
         if target is None:
             return portrait.image.copy()
-        if not self.is_ready(portrait):
+        active = self._active(portrait)
+        if active is None:
             if id(portrait) not in self._pending and id(portrait) not in self._failed:
                 self.prepare_async(portrait)
             return portrait.image.copy()  # at rest until its engine is ready; never blocks
-        active = self._ready[id(portrait)]
-        face = self.generate(portrait, target.landmarks)
+        face = self._generate(active, target.landmarks)
         return active.paster.paste(portrait.image, face, active.paster.mask(target.landmarks))
 
     def close(self) -> None:
