@@ -1,0 +1,938 @@
+"""Measuring sticks: how faithful (`live-puppet eval`) and how fast (`live-puppet bench`) the puppet is.
+
+Both drive the same pipeline as `run` (`App`), headless, with an extra sink that watches every
+output frame; capture, tracking, retargeting and rendering are not reimplemented here.
+
+eval, per (portrait, driving clip) pair and engine, scoring frames 1..N (frame 0 of a
+self-reenactment is the portrait itself):
+- self-reenactment (the clip's first frame is the portrait, so every frame has a ground truth):
+  PSNR and SSIM over the whole frame and inside the real face's box grown by 20%;
+- both modes: the output is re-tracked with MediaPipe; Pearson r between the driver's and the
+  output's key blendshape series and head yaw / pitch / roll series, the share of output frames with
+  a face, and temporal jitter (mean landmark acceleration, in face sizes, output / driver).
+
+bench, per engine and canvas size, in a subprocess of its own (so that the peak RSS belongs to
+that configuration): throughput and per-stage latency from the app's own `Stats` (the code behind
+`run --stats-json`), with the H.264 recorder as the sink, as `run --record` has it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from live_puppet.errors import UserError
+from live_puppet.sinks import FrameInfo, RecorderSink, Sink
+from live_puppet.types import FaceState
+
+PSNR_CAP_DB = 100.0  # PSNR of identical pictures (instead of infinity, so that means stay finite)
+FACE_BOX_GROWTH = 1.2  # the face box for the face-only scores: the landmarks' box grown by 20%
+KEY_SHAPES = ("jawOpen", "eyeBlinkLeft", "eyeBlinkRight", "mouthSmileLeft", "mouthSmileRight",
+              "browInnerUp", "mouthPucker", "mouthFunnel")
+MOVED_SHAPE_STD = 0.03  # a key shape counts as moved by the driver when its series' std is this or more
+MOVED_ANGLE_STD = 1.0  # a head angle counts as moved when its std is this many degrees or more
+# An output series with a smaller std than these does not move, and its r is taken as 0. MediaPipe in
+# video mode drifts slowly on a still picture (measured on the static engine's output of d0, 40
+# frames: std up to 0.005 for blendshapes, 0.1 degrees for head angles); Pearson's r ignores
+# amplitude, so that drift alone could correlate with the driver's motion.
+STILL_SHAPE_STD = 0.01
+STILL_ANGLE_STD = 0.5
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
+ANGLE_NAMES = ("yaw", "pitch", "roll")
+
+
+# ----------------------------------------------------------------------------------------------
+# Image metrics
+# ----------------------------------------------------------------------------------------------
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, cap: float = PSNR_CAP_DB) -> float:
+    """Peak signal-to-noise ratio in dB, capped at `cap` (identical pictures)."""
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR of pictures of different shapes: {a.shape} and {b.shape}")
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    if mse == 0.0:
+        return cap
+    return min(cap, 10.0 * math.log10(data_range ** 2 / mse))
+
+
+SSIM_SIGMA = 1.5  # Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03
+SSIM_WINDOW = 11
+SSIM_PAD = (SSIM_WINDOW - 1) // 2
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> np.ndarray:
+    """The SSIM index at each pixel (Gaussian-window SSIM of Wang et al.), averaged over channels.
+
+    Same definition as scikit-image's `structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`; computed with OpenCV so that no extra dependency is needed.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"SSIM of pictures of different shapes: {a.shape} and {b.shape}")
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(img: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(img, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA,
+                                borderType=cv2.BORDER_REFLECT)
+
+    mx, my = blur(x), blur(y)
+    vx = blur(x * x) - mx * mx
+    vy = blur(y * y) - my * my
+    cxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean(axis=2) if s.ndim == 3 else s
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean SSIM over the picture, leaving out the half-window border (as scikit-image does)."""
+    return float(_crop_border(ssim_map(a, b, data_range)).mean())
+
+
+def _crop_border(m: np.ndarray) -> np.ndarray:
+    if min(m.shape[:2]) <= 2 * SSIM_PAD:
+        return m
+    return m[SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD]
+
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive), image pixels
+
+
+def grow_box(bbox: tuple[float, float, float, float], image_size: tuple[int, int],
+             factor: float = FACE_BOX_GROWTH) -> Box:
+    """The box scaled by `factor` about its centre, clipped to the picture (w, h)."""
+    x0, y0, x1, y1 = bbox
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    hw, hh = (x1 - x0) * factor / 2, (y1 - y0) * factor / 2
+    w, h = image_size
+    return (max(0, int(math.floor(cx - hw))), max(0, int(math.floor(cy - hh))),
+            min(w, int(math.ceil(cx + hw))), min(h, int(math.ceil(cy + hh))))
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """A picture against its ground truth."""
+
+    psnr: float
+    ssim: float
+    psnr_face: float | None  # inside the real face's box (None: no face in the ground truth)
+    ssim_face: float | None
+
+
+def score_image(output: np.ndarray, truth: np.ndarray, face_box: Box | None) -> ImageScores:
+    """PSNR and SSIM of the whole picture and inside `face_box` (one SSIM map serves both)."""
+    smap = ssim_map(output, truth)
+    whole = ImageScores(psnr(output, truth), float(_crop_border(smap).mean()), None, None)
+    if face_box is None:
+        return whole
+    x0, y0, x1, y1 = face_box
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return whole
+    return ImageScores(whole.psnr, whole.ssim, psnr(output[y0:y1, x0:x1], truth[y0:y1, x0:x1]),
+                       float(smap[y0:y1, x0:x1].mean()))
+
+
+# ----------------------------------------------------------------------------------------------
+# Motion metrics
+# ----------------------------------------------------------------------------------------------
+
+def euler_angles(rotation: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a rotation in image axes (x right, y down, z forward).
+
+    Decomposition R = Ry(yaw) · Rx(pitch) · Rz(roll): yaw turns about the vertical axis, pitch nods
+    about the horizontal one, roll tilts in the picture plane.
+    """
+    r = np.asarray(rotation, np.float64)
+    pitch = math.asin(float(np.clip(-r[1, 2], -1.0, 1.0)))
+    yaw = math.atan2(r[0, 2], r[2, 2])
+    roll = math.atan2(r[1, 0], r[1, 1])
+    return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
+
+
+def rotation_from_euler(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """The inverse of `euler_angles` (degrees in, 3 x 3 rotation out)."""
+    a, b, c = (math.radians(v) for v in (yaw, pitch, roll))
+    ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
+    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
+def head_angles(face: FaceState) -> tuple[float, float, float]:
+    """The face's (yaw, pitch, roll) in degrees, from MediaPipe's facial transformation matrix."""
+    from live_puppet.retarget import matrix_rotation
+
+    return euler_angles(matrix_rotation(face.matrix))
+
+
+def pearson(reference: Sequence[float], follower: Sequence[float],
+            still_std: float = 0.0) -> float | None:
+    """Pearson's r of a follower series against a reference series.
+
+    None when r says nothing: fewer than 3 samples, or a constant reference. A follower whose std
+    is below `still_std` does not move, so it shares none of the reference's motion: r is 0.
+    """
+    a, b = np.asarray(reference, np.float64), np.asarray(follower, np.float64)
+    if len(a) != len(b):
+        raise ValueError("pearson: series of different lengths")
+    if len(a) < 3 or a.std() == 0.0:
+        return None
+    if b.std() <= still_std:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def jitter(landmarks: Sequence[np.ndarray | None], sizes: Sequence[float | None]) -> float | None:
+    """Mean landmark acceleration |x[t+1] - 2 x[t] + x[t-1]| in face sizes per frame².
+
+    Only triples of consecutive frames that all have a face count; None when there are none.
+    """
+    values = []
+    for t in range(1, len(landmarks) - 1):
+        prev, cur, nxt = landmarks[t - 1], landmarks[t], landmarks[t + 1]
+        if prev is None or cur is None or nxt is None or not sizes[t]:
+            continue
+        accel = np.linalg.norm(nxt[:, :2] - 2 * cur[:, :2] + prev[:, :2], axis=1)
+        values.append(float(accel.mean()) / float(sizes[t]))
+    return float(np.mean(values)) if values else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-frame records and their summary
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FaceSample:
+    """What the scores need of one tracked face."""
+
+    shapes: dict[str, float]  # the key blendshapes
+    angles: tuple[float, float, float]  # yaw, pitch, roll in degrees
+    xy: np.ndarray  # 478 x 2 landmarks, pixels
+    size: float  # the landmarks' larger box side, pixels
+
+    @classmethod
+    def of(cls, face: FaceState | None) -> "FaceSample | None":
+        if face is None:
+            return None
+        return cls(shapes={k: float(face.blendshapes.get(k, 0.0)) for k in KEY_SHAPES},
+                   angles=head_angles(face), xy=face.xy.astype(np.float32).copy(),
+                   size=face.face_size())
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One scored output frame."""
+
+    index: int
+    image: ImageScores | None  # None without a ground truth (cross-reenactment)
+    driver: FaceSample | None  # the face the pipeline tracked in the driving frame
+    output: FaceSample | None  # the face found again in the output frame
+
+
+@dataclass
+class MotionScores:
+    """How well the output's re-tracked face follows the driver's."""
+
+    expr_r: float | None  # mean Pearson r over the key shapes the driver moves
+    expr_amplitude: float | None  # mean over those shapes of std(output) / std(driver)
+    shape_r: dict[str, float]  # r per moved key shape
+    yaw_r: float | None
+    pitch_r: float | None
+    roll_r: float | None
+    pose_r: float | None  # mean r over the head angles the driver moves
+    face_found: float  # share of output frames in which a face was found
+    jitter_output: float | None  # mean landmark acceleration, face sizes / frame²
+    jitter_driver: float | None
+    jitter_ratio: float | None  # output / driver
+
+
+def moved_shapes(driver_series: dict[str, np.ndarray], min_std: float = MOVED_SHAPE_STD) -> list[str]:
+    """The key shapes whose driver series varies by at least `min_std`."""
+    return [k for k in KEY_SHAPES if k in driver_series and float(np.std(driver_series[k])) >= min_std]
+
+
+def score_motion(records: Sequence[FrameRecord]) -> MotionScores:
+    """Correlations, amplitudes, face share and jitter over the frames (r over frames with both faces).
+
+    Only what the driver moves is scored: key shapes with std >= MOVED_SHAPE_STD, head angles with
+    std >= MOVED_ANGLE_STD degrees; the others are None.
+    """
+    both = [r for r in records if r.driver is not None and r.output is not None]
+    drv_shapes = {k: np.array([r.driver.shapes[k] for r in both]) for k in KEY_SHAPES}
+    out_shapes = {k: np.array([r.output.shapes[k] for r in both]) for k in KEY_SHAPES}
+    used = moved_shapes(drv_shapes)
+    shape_r = {k: pearson(drv_shapes[k], out_shapes[k], STILL_SHAPE_STD) for k in used}
+    shape_r = {k: v for k, v in shape_r.items() if v is not None}
+    amplitude = [float(out_shapes[k].std() / drv_shapes[k].std()) for k in shape_r]
+
+    axis_r: dict[str, float | None] = {}
+    for i, name in enumerate(ANGLE_NAMES):
+        d = np.array([r.driver.angles[i] for r in both])
+        o = np.array([r.output.angles[i] for r in both])
+        moved = len(d) > 0 and float(d.std()) >= MOVED_ANGLE_STD
+        axis_r[name] = pearson(d, o, STILL_ANGLE_STD) if moved else None
+
+    j_out = jitter([r.output.xy if r.output else None for r in records],
+                   [r.output.size if r.output else None for r in records])
+    j_drv = jitter([r.driver.xy if r.driver else None for r in records],
+                   [r.driver.size if r.driver else None for r in records])
+    return MotionScores(
+        expr_r=_mean(shape_r.values()), expr_amplitude=_mean(amplitude), shape_r=shape_r,
+        yaw_r=axis_r["yaw"], pitch_r=axis_r["pitch"], roll_r=axis_r["roll"],
+        pose_r=_mean(axis_r.values()),
+        face_found=sum(r.output is not None for r in records) / max(1, len(records)),
+        jitter_output=j_out, jitter_driver=j_drv,
+        jitter_ratio=(j_out / j_drv) if (j_out is not None and j_drv) else None)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+@dataclass
+class PairResult:
+    """The scores of one (portrait, driving clip, engine) evaluation."""
+
+    name: str  # "d0" (self) or "mona_lisa~d6" (cross)
+    mode: str  # "self" | "cross"
+    engine: str
+    portrait: str  # the portrait file (for self: the clip, whose frame 0 it is)
+    driving: str
+    frames: int  # frames scored
+    psnr: float | None  # self only: means over frames 1..N
+    ssim: float | None
+    psnr_face: float | None
+    ssim_face: float | None
+    expr_r: float | None
+    expr_amplitude: float | None
+    yaw_r: float | None
+    pitch_r: float | None
+    roll_r: float | None
+    pose_r: float | None
+    face_found: float
+    jitter_output: float | None
+    jitter_driver: float | None
+    jitter_ratio: float | None
+    shape_r: dict[str, float] = field(default_factory=dict)
+    canvas: tuple[int, int] = (0, 0)  # output (w, h)
+    contact_sheet: str | None = None
+    video: str | None = None
+    seconds: float = 0.0  # wall time of the evaluation
+
+
+SCORE_KEYS = ("psnr", "ssim", "psnr_face", "ssim_face", "expr_r", "expr_amplitude", "yaw_r", "pitch_r", "roll_r",
+              "pose_r", "face_found", "jitter_output", "jitter_driver", "jitter_ratio")
+
+
+def summarize_pair(records: Sequence[FrameRecord], **about) -> PairResult:
+    """Means of the image scores and the motion scores of one evaluation."""
+    images = [r.image for r in records if r.image is not None]
+    motion = score_motion(records)
+    return PairResult(
+        frames=len(records),
+        psnr=_mean(i.psnr for i in images) if images else None,
+        ssim=_mean(i.ssim for i in images) if images else None,
+        psnr_face=_mean(i.psnr_face for i in images) if images else None,
+        ssim_face=_mean(i.ssim_face for i in images) if images else None,
+        **asdict(motion), **about)
+
+
+def summary_row(results: Sequence[PairResult], label: str) -> dict:
+    """The mean of each score over the results (scores that are None are left out)."""
+    row = {"name": label, "engine": results[0].engine if results else "",
+           "frames": sum(r.frames for r in results)}
+    for key in SCORE_KEYS:
+        row[key] = _mean(getattr(r, key) for r in results)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# What a person looks at: the contact sheet and the side-by-side video
+# ----------------------------------------------------------------------------------------------
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    width = max(2, round(w * height / h) // 2 * 2)
+    interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def _label(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5) -> None:
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+class ContactSheet:
+    """Thumbnails of chosen frames: one column a frame, the driver above, the output below."""
+
+    def __init__(self, indices: Iterable[int], tile_height: int = 200, title: str = ""):
+        self.indices = set(indices)
+        self.tile_height = tile_height
+        self.title = title
+        self._tiles: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def offer(self, index: int, driver: np.ndarray, output: np.ndarray) -> None:
+        """Keep thumbnails of this frame if it is one of the chosen ones."""
+        if index in self.indices:
+            self._tiles[index] = (_fit_height(driver, self.tile_height),
+                                  _fit_height(output, self.tile_height))
+
+    def render(self) -> np.ndarray:
+        """The sheet (BGR); a title strip, then driver and output rows."""
+        if not self._tiles:
+            raise ValueError("no frames were collected for the contact sheet")
+        th, header, gap = self.tile_height, 28, 4
+        cols = [self._tiles[i] for i in sorted(self._tiles)]
+        widths = [max(d.shape[1], o.shape[1]) for d, o in cols]
+        sheet = np.full((header + 2 * th + gap, sum(widths) + gap * (len(cols) - 1), 3), 32, np.uint8)
+        x = 0
+        for (driver, output), width, index in zip(cols, widths, sorted(self._tiles)):
+            for row, tile in enumerate((driver, output)):
+                y = header + row * (th + gap)
+                ox = x + (width - tile.shape[1]) // 2
+                sheet[y:y + th, ox:ox + tile.shape[1]] = tile
+            _label(sheet, f"#{index}", (x + 4, header + 18))
+            x += width + gap
+        _label(sheet, self.title + "   top: driver   bottom: output", (6, 19))
+        return sheet
+
+    def save(self, path: Path) -> Path:
+        if not cv2.imwrite(str(path), self.render()):
+            raise UserError(f"Could not write the contact sheet '{path}'; choose a writable --out folder.")
+        return path
+
+
+def sheet_indices(first: int, last: int, columns: int, every: int | None = None) -> list[int]:
+    """Every k-th frame of first..last: `every` if given, else k chosen for about `columns` frames."""
+    count = last - first + 1
+    if count <= 0:
+        return []
+    k = every or max(1, math.ceil(count / max(1, columns)))
+    return list(range(first, last + 1, k))
+
+
+class SideBySide:
+    """An H.264 video of driver | output, both scaled to the same height (the run recorder's code)."""
+
+    def __init__(self, path: Path, driver_size: tuple[int, int], output_size: tuple[int, int],
+                 fps: float, height: int = 480):
+        self.height = min(height, max(driver_size[1], output_size[1])) // 2 * 2
+        width = sum(max(2, round(w * self.height / h) // 2 * 2) for w, h in (driver_size, output_size))
+        self.path = Path(path)
+        self._recorder = RecorderSink(self.path, (width, self.height), fps)
+
+    def write(self, index: int, driver: np.ndarray, output: np.ndarray) -> None:
+        frame = np.hstack([_fit_height(driver, self.height), _fit_height(output, self.height)])
+        self._recorder.send(np.ascontiguousarray(frame), FrameInfo(index=index))
+
+    def close(self) -> None:
+        self._recorder.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The sink that scores each frame as the pipeline makes it
+# ----------------------------------------------------------------------------------------------
+
+class FrameScorer:
+    """Scores one output frame against its driving frame; owns the output's video-mode tracker."""
+
+    def __init__(self, landmarker_model: Path, fps: float, ground_truth: bool):
+        from live_puppet.tracking import Tracker
+
+        self.tracker = Tracker(landmarker_model, mode="video", num_faces=1)
+        self.fps = fps
+        self.ground_truth = ground_truth
+
+    def __call__(self, index: int, driver: np.ndarray, driver_face: FaceState | None,
+                 output: np.ndarray) -> FrameRecord:
+        image = None
+        if self.ground_truth:
+            if driver.shape != output.shape:
+                raise ValueError(f"output {output.shape} and ground truth {driver.shape} differ in size")
+            box = None
+            if driver_face is not None:
+                box = grow_box(driver_face.bbox(), (driver.shape[1], driver.shape[0]))
+            image = score_image(output, driver, box)
+        out_face = self.tracker.track(output, int(round(index * 1000.0 / self.fps)))
+        return FrameRecord(index=index, image=image, driver=FaceSample.of(driver_face),
+                           output=FaceSample.of(out_face))
+
+    def close(self) -> None:
+        self.tracker.close()
+
+
+class EvalSink(Sink):
+    """Fed by the app alongside the other sinks: scores frames from `first` on, fills the sheet
+    and the side-by-side video. An exception is kept in `error` (the app would only drop the sink)."""
+
+    name = "eval"
+    wants_canvas = True
+
+    def __init__(self, scorer: FrameScorer, first: int = 1, sheet: ContactSheet | None = None,
+                 video_factory: Callable[[np.ndarray, np.ndarray], SideBySide] | None = None):
+        self.scorer = scorer
+        self.first = first
+        self.sheet = sheet
+        self._video_factory = video_factory
+        self.video: SideBySide | None = None
+        self.records: list[FrameRecord] = []
+        self.canvas: tuple[int, int] = (0, 0)
+        self.error: BaseException | None = None
+
+    def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        if info.index < self.first:
+            return
+        try:
+            self._score(image, info)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _score(self, image: np.ndarray, info: FrameInfo) -> None:
+        if info.driver is None:
+            raise ValueError("the app passed no driving frame to the evaluation sink")
+        self.canvas = (image.shape[1], image.shape[0])
+        self.records.append(self.scorer(info.index, info.driver, info.driver_face, image))
+        if self.sheet is not None:
+            self.sheet.offer(info.index, info.driver, image)
+        if self._video_factory is not None:
+            if self.video is None:
+                self.video = self._video_factory(info.driver, image)
+            self.video.write(info.index, info.driver, image)
+
+    def close(self) -> None:
+        try:
+            if self.video is not None:
+                self.video.close()
+        finally:
+            self.scorer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClipInfo:
+    """A driving clip's size, rate, length and first frame."""
+
+    path: Path
+    width: int
+    height: int
+    fps: float
+    frames: int
+    first_frame: np.ndarray
+
+
+def probe_clip(path: Path) -> ClipInfo:
+    """Read a clip's header and first frame (decoded by PyAV, as the pipeline's source does)."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"The driving clip '{path}' does not exist; pass a video file or a folder of them.")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.base_rate or 30)
+            first = next(container.decode(stream)).to_ndarray(format="bgr24")
+        frames = 0
+        with av.open(str(path)) as container:
+            for packet in container.demux(video=0):
+                frames += packet.size > 0
+    except Exception:
+        raise UserError(f"'{path}' could not be read as a video; pass a video file (mp4, mov, "
+                        f"mkv, ...).") from None
+    return ClipInfo(path=path, width=first.shape[1], height=first.shape[0], fps=fps,
+                    frames=frames, first_frame=first)
+
+
+def expand_clips(paths: Sequence[Path]) -> list[Path]:
+    """Video files, with folders replaced by their videos (sorted by name)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise UserError(f"The folder '{p}' holds no videos (mp4, mov, mkv, ...); pass "
+                                f"video files or a folder of them.")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"The driving clip '{p}' does not exist; pass a video file or a "
+                            f"folder of them.")
+    return out
+
+
+def expand_portraits(paths: Sequence[Path]) -> list[Path]:
+    """Portrait files, with folders replaced by their images (sorted by name)."""
+    from live_puppet.portrait import list_portraits
+
+    out: list[Path] = []
+    for p in paths:
+        out.extend(list_portraits(Path(p)))
+    return out
+
+
+def parse_engines(text: str) -> list[str]:
+    """"warp,static" -> ["warp", "static"], checked against the engine registry."""
+    from live_puppet.render.base import engine_names
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = engine_names()
+    for n in names:
+        if n not in known:
+            raise UserError(f"Unknown engine '{n}'; choose from: {', '.join(known)} "
+                            f"(several separated by commas).")
+    if not names:
+        raise UserError("No engine given; pass --engine warp (or several, e.g. warp,static).")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# eval
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalTask:
+    """One evaluation: a driving clip, a portrait (None: the clip's own first frame), an engine."""
+
+    driving: Path
+    portrait: Path | None
+    engine: str
+
+    @property
+    def mode(self) -> str:
+        return "self" if self.portrait is None else "cross"
+
+    @property
+    def name(self) -> str:
+        return self.driving.stem if self.portrait is None else f"{self.portrait.stem}~{self.driving.stem}"
+
+
+@dataclass
+class EvalOptions:
+    """How to evaluate (the pipeline options mirror `run`'s)."""
+
+    out_dir: Path
+    frames: int | None = None  # score frames 1..N (None: the whole clip)
+    sheet_columns: int = 8  # frames on the contact sheet
+    sheet_every: int | None = None  # or: every k-th frame
+    video: bool = False  # also write a side-by-side mp4
+    landmarker_model: Path | None = None
+    checkpoint: Path | None = None
+    backend: str = "auto"
+    engine_dir: Path = Path("engines")
+    size: tuple[int, int] | None = None  # cross-reenactment canvas (self: always the clip's size)
+    max_side: int = 1024
+    expression_gain: float = 1.0
+
+
+def eval_config(task: EvalTask, portrait: Path, clip: ClipInfo, options: EvalOptions,
+                max_frames: int) -> "RunConfig":
+    """The run configuration of an evaluation: the clip as source, headless, every frame in order."""
+    from live_puppet.config import RunConfig
+
+    size = (clip.width, clip.height) if task.portrait is None else options.size
+    return RunConfig(portrait=portrait, source=str(clip.path), realtime=False, loop=False,
+                     landmarker_model=options.landmarker_model, engine=task.engine,
+                     checkpoint=options.checkpoint, backend=options.backend, size=size,
+                     max_side=options.max_side, expression_gain=options.expression_gain,
+                     vcam=False, preview=False, record=None, max_frames=max_frames,
+                     engine_dir=options.engine_dir)
+
+
+def run_eval_task(task: EvalTask, options: EvalOptions) -> PairResult:
+    """Run the pipeline on one task with an EvalSink and summarize what it scored."""
+    from live_puppet.app import App
+    from live_puppet.tracking import resolve_landmarker_model
+
+    started = time.perf_counter()
+    clip = probe_clip(task.driving)
+    last = clip.frames - 1 if options.frames is None else min(options.frames, clip.frames - 1)
+    if last < 1:
+        raise UserError(f"'{clip.path}' has {clip.frames} frame(s); evaluation needs at least 2.")
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{task.name}_{task.engine}"
+    sheet = ContactSheet(sheet_indices(1, last, options.sheet_columns, options.sheet_every),
+                         title=f"{task.name} ({task.mode}) engine={task.engine}")
+    video_path = options.out_dir / f"{stem}_side_by_side.mp4"
+    factory = None
+    if options.video:
+        def factory(driver, output):
+            return SideBySide(video_path, (driver.shape[1], driver.shape[0]),
+                              (output.shape[1], output.shape[0]), clip.fps)
+    model = resolve_landmarker_model(options.landmarker_model)
+    scorer = FrameScorer(model, clip.fps, ground_truth=task.portrait is None)
+    sink = EvalSink(scorer, first=1, sheet=sheet, video_factory=factory)
+    with tempfile.TemporaryDirectory(prefix="live-puppet-eval-") as tmp:
+        portrait = task.portrait
+        if portrait is None:
+            portrait = Path(tmp) / f"{clip.path.stem}_frame0.png"
+            cv2.imwrite(str(portrait), clip.first_frame)
+        config = eval_config(task, portrait, clip, options, max_frames=last + 1)
+        App(config, extra_sinks=[sink]).run()  # the app closes the sink (and its tracker)
+    if sink.error is not None:
+        raise RuntimeError(f"evaluating {task.name} failed: {sink.error}") from sink.error
+    if not sink.records:
+        raise UserError(f"The pipeline produced no frames for {task.name}; check the clip and portrait.")
+    sheet_path = sheet.save(options.out_dir / f"{stem}_sheet.png")
+    return summarize_pair(
+        sink.records, name=task.name, mode=task.mode, engine=task.engine,
+        portrait=str(task.portrait or clip.path), driving=str(clip.path), canvas=sink.canvas,
+        contact_sheet=str(sheet_path), video=str(video_path) if options.video else None,
+        seconds=round(time.perf_counter() - started, 2))
+
+
+def eval_tasks(engines: Sequence[str], clips: Sequence[Path],
+               portraits: Sequence[Path] | None) -> list[EvalTask]:
+    """Self-reenactment of each clip (portraits None), or every portrait with every clip."""
+    pairs = [(c, None) for c in clips] if portraits is None else [(c, p) for p in portraits for c in clips]
+    return [EvalTask(driving=c, portrait=p, engine=e) for e in engines for c, p in pairs]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: header, the row key, and how to print the value."""
+
+    header: str
+    key: str
+    fmt: str = "{:.3f}"
+
+    def cell(self, row: dict) -> str:
+        value = row.get(self.key)
+        if value is None:
+            return "-"
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return self.fmt.format(value)
+
+
+SELF_COLUMNS = (Column("clip", "name", "{}"), Column("engine", "engine", "{}"),
+                Column("frames", "frames", "{}"), Column("PSNR dB", "psnr", "{:.2f}"),
+                Column("SSIM", "ssim"), Column("PSNR face", "psnr_face", "{:.2f}"),
+                Column("SSIM face", "ssim_face"), Column("expr r", "expr_r"),
+                Column("expr amp", "expr_amplitude", "{:.2f}"), Column("pose r", "pose_r"), Column("face %", "face_found", "{:.1%}"),
+                Column("jitter out/drv", "jitter_ratio", "{:.2f}"))
+CROSS_COLUMNS = (Column("pair", "name", "{}"), Column("engine", "engine", "{}"),
+                 Column("frames", "frames", "{}"), Column("expr r", "expr_r"),
+                 Column("expr amp", "expr_amplitude", "{:.2f}"), Column("yaw r", "yaw_r"), Column("pitch r", "pitch_r"), Column("roll r", "roll_r"),
+                 Column("pose r", "pose_r"), Column("face %", "face_found", "{:.1%}"),
+                 Column("jitter out x1e3", "jitter_output", "{:.2f}"),
+                 Column("jitter out/drv", "jitter_ratio", "{:.2f}"))
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[Column], rule_before: Iterable[int] = ()) -> str:
+    """A plain-text table; a rule is drawn before the row indices in `rule_before`."""
+    cells = [[c.header for c in columns]] + [[c.cell(r) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    line = lambda row: "  ".join(v.rjust(w) if i else v.ljust(w)  # noqa: E731
+                                 for i, (v, w) in enumerate(zip(row, widths)))
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+    out = [line(cells[0]), rule]
+    breaks = set(rule_before)
+    for i, row in enumerate(cells[1:]):
+        if i in breaks:
+            out.append(rule)
+        out.append(line(row))
+    return "\n".join(out)
+
+
+def _scaled_row(row: dict) -> dict:
+    """Jitter printed in thousandths of a face size."""
+    out = dict(row)
+    if out.get("jitter_output") is not None:
+        out["jitter_output"] = out["jitter_output"] * 1000.0
+    return out
+
+
+@dataclass
+class EvalReport:
+    """All results of one `eval` call, with a summary row per engine."""
+
+    mode: str
+    frames: int | None
+    results: list[PairResult]
+
+    def summaries(self) -> list[dict]:
+        engines = list(dict.fromkeys(r.engine for r in self.results))
+        return [summary_row([r for r in self.results if r.engine == e], f"mean ({e})") for e in engines]
+
+    def table(self) -> str:
+        columns = SELF_COLUMNS if self.mode == "self" else CROSS_COLUMNS
+        rows = [asdict(r) for r in self.results] + self.summaries()
+        return format_table([_scaled_row(r) for r in rows], columns, rule_before=[len(self.results)])
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "frames": self.frames, "psnr_cap_db": PSNR_CAP_DB,
+                "key_shapes": list(KEY_SHAPES), "moved_shape_std": MOVED_SHAPE_STD,
+                "results": [asdict(r) for r in self.results], "summary": self.summaries()}
+
+
+def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,
+             progress: Callable[[str], None] | None = None) -> EvalReport:
+    """Evaluate every task in turn."""
+    results = []
+    for i, task in enumerate(tasks, 1):
+        if progress:
+            progress(f"[{i}/{len(tasks)}] {task.name} engine={task.engine} ...")
+        results.append(run_eval_task(task, options))
+    return EvalReport(mode=tasks[0].mode if tasks else "self", frames=options.frames, results=results)
+
+
+# ----------------------------------------------------------------------------------------------
+# bench
+# ----------------------------------------------------------------------------------------------
+
+BENCH_STAGES = (("decode", "capture_wait"), ("track", "track"), ("retarget", "retarget"),
+                ("render", "render"), ("sink", "sink"))
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One configuration to benchmark (run in a process of its own)."""
+
+    engine: str
+    driving: str
+    portrait: str
+    max_side: int
+    size: tuple[int, int] | None = None
+    frames: int | None = None  # output frames (None: the whole clip)
+    realtime: bool = False  # pace the clip at its fps, dropping frames like a camera
+    record: bool = True  # the H.264 recorder as the sink, as `run --record`
+    landmarker_model: str | None = None
+    checkpoint: str | None = None
+    backend: str = "auto"
+    engine_dir: str = "engines"
+    expression_gain: float = 1.0
+
+    @classmethod
+    def from_json(cls, data: dict) -> "BenchSpec":
+        names = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in names}
+        if data.get("size") is not None:
+            data["size"] = tuple(data["size"])
+        return cls(**data)
+
+
+@dataclass
+class BenchResult:
+    """What one configuration measured: the app's Stats summary plus memory and machine load."""
+
+    spec: BenchSpec
+    canvas: tuple[int, int]  # output (w, h)
+    fps: float
+    frames_in: int
+    frames_out: int
+    frames_dropped: int
+    latency_ms: dict[str, dict[str, float]]  # stage -> median / p90 / p99
+    peak_rss_mb: float  # peak resident memory of the configuration's process
+    load_before: tuple[float, float, float]  # os.getloadavg() when it started
+    wall_seconds: float
+
+
+def bench_config(spec: BenchSpec, record_path: Path | None) -> "RunConfig":
+    """The run configuration of a benchmark: headless, the clip as source, the recorder as sink."""
+    from live_puppet.config import RunConfig
+
+    return RunConfig(portrait=Path(spec.portrait), source=spec.driving, realtime=spec.realtime,
+                     landmarker_model=Path(spec.landmarker_model) if spec.landmarker_model else None,
+                     engine=spec.engine,
+                     checkpoint=Path(spec.checkpoint) if spec.checkpoint else None,
+                     backend=spec.backend, size=spec.size, max_side=spec.max_side,
+                     expression_gain=spec.expression_gain, vcam=False, preview=False,
+                     record=record_path, max_frames=spec.frames, engine_dir=Path(spec.engine_dir))
+
+
+def bench_worker(spec: BenchSpec, out_json: Path) -> None:
+    """Run one configuration in this process; write the Stats summary (as `run --stats-json`
+    does) with the canvas size, peak RSS and load average added."""
+    from live_puppet.app import App
+
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
+        record = Path(tmp) / "bench.mp4" if spec.record else None
+        app = App(bench_config(spec, record))
+        app.run()
+        canvas = list(app.portrait.size)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    app.stats.write_json(out_json, {"spec": asdict(spec), "canvas": canvas,
+                                    "peak_rss_mb": round(peak_kb / 1024.0, 1),
+                                    "load_before": [round(v, 2) for v in load]})
+
+
+def read_bench_result(data: dict) -> BenchResult:
+    return BenchResult(spec=BenchSpec.from_json(data["spec"]), canvas=tuple(data["canvas"]),
+                       fps=data["fps"], frames_in=data["frames_in"], frames_out=data["frames_out"],
+                       frames_dropped=data["frames_dropped"], latency_ms=data["latency_ms"],
+                       peak_rss_mb=data["peak_rss_mb"], load_before=tuple(data["load_before"]),
+                       wall_seconds=data["wall_seconds"])
+
+
+def run_bench_spec(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
+    """Run one configuration in a fresh process (`live-puppet bench --worker`) and read its result."""
+    with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(asdict(spec)))
+        cmd = [sys.executable, "-m", "live_puppet", "bench", "--worker", str(spec_path),
+               "--worker-out", str(out_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0 or not out_path.is_file():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            if last.startswith("live-puppet: error: "):
+                raise UserError(last[len("live-puppet: error: "):])
+            raise RuntimeError(f"the benchmark of {spec.engine} at {spec.max_side} px failed: {last}")
+        return read_bench_result(json.loads(out_path.read_text()))
+
+
+def _stage_cell(latency: dict, stage: str) -> str:
+    s = latency.get(stage)
+    if not s:
+        return "-"
+    return f"{s['median']:.1f}/{s['p90']:.1f}/{s['p99']:.1f}"
+
+
+def bench_rows(results: Sequence[BenchResult]) -> list[dict]:
+    rows = []
+    for r in results:
+        row = {"engine": r.spec.engine, "canvas": f"{r.canvas[0]}x{r.canvas[1]}",
+               "mode": "realtime" if r.spec.realtime else "all frames",
+               "frames": f"{r.frames_out}/{r.frames_in}", "fps": r.fps,
+               "dropped": r.frames_dropped, "rss": r.peak_rss_mb,
+               "load": r.load_before[0], "c2s": _stage_cell(r.latency_ms, "capture_to_sink")}
+        for label, stage in BENCH_STAGES:
+            row[label] = _stage_cell(r.latency_ms, stage)
+        rows.append(row)
+    return rows
+
+
+def bench_table(results: Sequence[BenchResult]) -> str:
+    realtime = any(r.spec.realtime for r in results)
+    columns = [Column("engine", "engine", "{}"), Column("canvas", "canvas", "{}"),
+               Column("mode", "mode", "{}"), Column("out/in", "frames", "{}"),
+               Column("fps", "fps", "{:.1f}")]
+    columns += [Column(f"{label} ms", label, "{}") for label, _ in BENCH_STAGES]
+    if realtime:
+        columns += [Column("capture->sink ms", "c2s", "{}"), Column("dropped", "dropped", "{}")]
+    columns += [Column("peak RSS MB", "rss", "{:.0f}"), Column("load 1m", "load", "{:.2f}")]
+    return format_table(bench_rows(results), columns)
+
+
+def bench_specs(engines: Sequence[str], sides: Sequence[int], base: BenchSpec) -> list[BenchSpec]:
+    """One spec per engine and long side."""
+    from dataclasses import replace
+
+    return [replace(base, engine=e, max_side=s) for e in engines for s in sides]

@@ -1,0 +1,194 @@
+"""`live-puppet eval` (animation quality) and `live-puppet bench` (speed): the command-line side.
+
+The measuring itself lives in live_puppet.evaluation; this module parses, prints and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from live_puppet.errors import UserError
+
+
+def register(subparsers) -> None:
+    """Add the eval and bench subcommands to the CLI's subparsers."""
+    _register_eval(subparsers)
+    _register_bench(subparsers)
+
+
+# ----------------------------------------------------------------------------------------------
+# eval
+# ----------------------------------------------------------------------------------------------
+
+def _register_eval(subparsers) -> None:
+    from live_puppet.cli import add_pipeline_arguments, positive_int
+
+    p = subparsers.add_parser(
+        "eval", help="score how faithfully a portrait follows a driving clip",
+        description="Run the live pipeline headless on driving clips and score the output. "
+                    "--self CLIP: the clip's first frame is the portrait and the clip its own "
+                    "ground truth (PSNR, SSIM on the frame and the face). --portrait P --driving "
+                    "CLIP: every portrait with every clip, scored by re-tracking the output "
+                    "(Pearson r of key blendshapes and head angles, face found, jitter). Frames "
+                    "1..N are scored. Writes a contact sheet PNG per pair into --out.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--self", dest="self_clips", type=Path, nargs="+", metavar="CLIP",
+                      help="self-reenactment of these clips (files or folders of them)")
+    what.add_argument("--portrait", dest="portraits", type=Path, nargs="+", metavar="PORTRAIT",
+                      help="cross-reenactment: these portraits (files or folders), with --driving")
+    p.add_argument("--driving", type=Path, nargs="+", metavar="CLIP",
+                   help="driving clips (files or folders) for --portrait")
+    add_pipeline_arguments(p, portrait_required=False)
+    p.add_argument("--frames", type=positive_int,
+                   help="score frames 1..N of each clip (default: the whole clip)")
+    p.add_argument("--json", type=Path, help="write every score and the summary rows here")
+    p.add_argument("--out", type=Path, default=Path("eval_out"),
+                   help="folder for contact sheets and videos (default: eval_out/)")
+    p.add_argument("--sheet-frames", type=positive_int, default=8,
+                   help="frames on each contact sheet (default 8, evenly spaced)")
+    p.add_argument("--sheet-every", type=positive_int,
+                   help="put every k-th frame on the contact sheet instead")
+    p.add_argument("--video", action="store_true",
+                   help="also write a side-by-side (driver | output) H.264 mp4 per pair")
+    p.set_defaults(func=eval_handler)
+
+
+def eval_handler(args: argparse.Namespace) -> int:
+    """Evaluate every (portrait, clip, engine), print the table, write JSON; 0 on success."""
+    from live_puppet import evaluation as ev
+
+    engines = ev.parse_engines(args.engine)
+    if args.self_clips:
+        if args.driving:
+            raise UserError("--driving goes with --portrait; with --self the clip drives itself.")
+        if args.size:
+            raise UserError("--size does not apply to --self: the canvas is the clip's own size, "
+                            "so that the output lines up with the ground truth.")
+        tasks = ev.eval_tasks(engines, ev.expand_clips(args.self_clips), None)
+    else:
+        if not args.driving:
+            raise UserError("--portrait needs --driving CLIP (a video file or a folder of them).")
+        tasks = ev.eval_tasks(engines, ev.expand_clips(args.driving),
+                              ev.expand_portraits(args.portraits))
+    options = ev.EvalOptions(
+        out_dir=args.out, frames=args.frames, sheet_columns=args.sheet_frames,
+        sheet_every=args.sheet_every, video=args.video, landmarker_model=args.landmarker_model,
+        checkpoint=args.checkpoint, backend=args.backend, engine_dir=args.engine_dir,
+        size=args.size, max_side=args.max_side, expression_gain=args.expression_gain)
+    report = ev.run_eval(tasks, options, progress=_progress)
+    print(report.table(), flush=True)
+    print(f"Frames scored: 1..{args.frames or 'end'} of each clip; PSNR capped at "
+          f"{ev.PSNR_CAP_DB:g} dB; jitter in thousandths of a face size per frame^2.")
+    print(f"Contact sheets{' and videos' if args.video else ''}: {args.out}/")
+    if args.json:
+        _write_json(args.json, report.to_json())
+        print(f"Scores: {args.json}")
+    return 0
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    if path.parent and not path.parent.exists():
+        raise UserError(f"Cannot write '{path}': the folder '{path.parent}' does not exist.")
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# bench
+# ----------------------------------------------------------------------------------------------
+
+def parse_sides(text: str) -> list[int]:
+    """"512,1024" -> [512, 1024]."""
+    try:
+        sides = [int(v) for v in text.split(",") if v.strip()]
+        if not sides or any(s < 16 or s > 8192 for s in sides):
+            raise ValueError
+        return sides
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of long sides like 512,1024") from None
+
+
+def _register_bench(subparsers) -> None:
+    from live_puppet.cli import add_pipeline_arguments, positive_int
+
+    p = subparsers.add_parser(
+        "bench", help="measure throughput, per-stage latency and memory of the live pipeline",
+        description="Run the live pipeline headless on a clip, once per engine and output size, "
+                    "each in its own process, with the H.264 recorder as the sink (as run "
+                    "--record). Reports fps, per-stage latency median/p90/p99 in ms (decode is "
+                    "the tracking thread's wait for the next decoded frame), peak RSS and the "
+                    "load average when each configuration started.")
+    p.add_argument("--driving", type=Path, help="the driving clip")
+    p.add_argument("--portrait", type=Path, help="the portrait (its long side is capped at each size)")
+    add_pipeline_arguments(p, portrait_required=False)
+    p.add_argument("--sizes", type=parse_sides,
+                   help="output long sides to measure, e.g. 512,1024 (default: --max-side); the "
+                        "portrait is never enlarged")
+    p.add_argument("--frames", type=positive_int, help="output frames per run (default: the whole clip)")
+    p.add_argument("--realtime", action="store_true",
+                   help="pace the clip at its fps and drop frames like a camera; adds "
+                        "capture-to-sink latency and dropped frames")
+    p.add_argument("--no-record", dest="record", action="store_false",
+                   help="no recorder: the sink stage is then only the letterbox")
+    p.add_argument("--json", type=Path, help="write every configuration's stats here")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    p.set_defaults(func=bench_handler)
+
+
+def bench_handler(args: argparse.Namespace) -> int:
+    """Benchmark each configuration in a subprocess, print the table, write JSON; 0 on success."""
+    from dataclasses import asdict
+
+    from live_puppet import evaluation as ev
+
+    if args.worker:
+        spec = ev.BenchSpec.from_json(json.loads(args.worker.read_text()))
+        ev.bench_worker(spec, args.worker_out)
+        return 0
+    if not args.driving or not args.portrait:
+        raise UserError("bench needs --driving CLIP and --portrait IMAGE.")
+    clip = ev.probe_clip(args.driving)  # a clear error before any process starts
+    if not args.portrait.is_file():
+        raise UserError(f"The portrait '{args.portrait}' does not exist; pass a JPEG or PNG file.")
+    engines = ev.parse_engines(args.engine)
+    if args.sizes and args.size:
+        raise UserError("Pass either --sizes (long sides) or --size (one canvas), not both.")
+    base = ev.BenchSpec(
+        engine=engines[0], driving=str(clip.path.resolve()), portrait=str(args.portrait.resolve()),
+        max_side=args.max_side, size=args.size, frames=args.frames, realtime=args.realtime,
+        record=args.record,
+        landmarker_model=str(args.landmarker_model.resolve()) if args.landmarker_model else None,
+        checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
+        backend=args.backend, engine_dir=str(args.engine_dir.resolve()),
+        expression_gain=args.expression_gain)
+    specs = ev.bench_specs(engines, args.sizes or [args.max_side], base)
+    start_load = os.getloadavg()
+    results = []
+    for i, spec in enumerate(specs, 1):
+        _progress(f"[{i}/{len(specs)}] {spec.engine} at {spec.size or spec.max_side} ...")
+        results.append(ev.run_bench_spec(spec))
+    end_load = os.getloadavg()
+    print(f"bench: {clip.path.name} ({clip.width}x{clip.height}, {clip.fps:g} fps, {clip.frames} "
+          f"frames), portrait {args.portrait.name}, sink: "
+          f"{'H.264 recorder at 1280x720' if args.record else 'letterbox only'}; "
+          f"{os.cpu_count()} CPUs; load average {_load(start_load)} at start, {_load(end_load)} at end")
+    print(ev.bench_table(results), flush=True)
+    print("Latency cells: median/p90/p99 ms. decode = the tracking thread's wait for a decoded frame.")
+    if args.json:
+        _write_json(args.json, {"clip": str(clip.path), "cpus": os.cpu_count(),
+                                "load_start": list(start_load), "load_end": list(end_load),
+                                "results": [asdict(r) for r in results]})
+        print(f"Stats: {args.json}")
+    return 0
+
+
+def _load(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in load)

@@ -1,0 +1,209 @@
+"""eval and bench: the metrics on cases with known answers, and the commands on ../shared clips."""
+
+import json
+import math
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from conftest import DRIVING, PORTRAITS, need
+from live_puppet import evaluation as ev
+from live_puppet.cli import main
+from live_puppet.retarget import matrix_rotation
+from live_puppet.types import FaceState
+
+# -- image metrics -----------------------------------------------------------------------------
+
+
+def test_psnr_known_answers():
+    gray = np.full((64, 64, 3), 128, np.uint8)
+    assert ev.psnr(gray, gray) == ev.PSNR_CAP_DB
+    # A uniform error of 5: MSE 25, PSNR = 10 log10(255^2 / 25) = 34.151 dB.
+    assert ev.psnr(gray + 5, gray) == pytest.approx(10 * math.log10(255 ** 2 / 25), abs=1e-9)
+    # Gaussian noise of sigma 10 (no clipping around 128): about 10 log10(255^2 / 100) = 28.13 dB.
+    rng = np.random.default_rng(0)
+    noisy = np.clip(np.round(128 + rng.normal(0, 10, (256, 256, 3))), 0, 255).astype(np.uint8)
+    assert ev.psnr(noisy, np.full_like(noisy, 128)) == pytest.approx(28.13, abs=0.1)
+
+
+def test_ssim_is_one_on_itself_and_matches_scikit_image(astronaut):
+    from skimage.metrics import structural_similarity
+
+    assert ev.ssim(astronaut, astronaut) == pytest.approx(1.0, abs=1e-12)
+    rng = np.random.default_rng(1)
+    noisy = np.clip(astronaut + rng.normal(0, 20, astronaut.shape), 0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(astronaut, (9, 9), 3)
+    for other in (noisy, blurred):
+        ref = structural_similarity(astronaut, other, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, channel_axis=2, data_range=255)
+        assert ev.ssim(astronaut, other) == pytest.approx(ref, abs=1e-6)
+        assert ev.ssim(astronaut, other) < 0.9
+
+
+def test_face_box_grows_by_20_percent_and_stays_in_the_picture():
+    assert ev.grow_box((100, 100, 200, 300), (640, 480)) == (90, 80, 210, 320)
+    assert ev.grow_box((0, 0, 100, 100), (100, 100)) == (0, 0, 100, 100)
+
+
+def test_face_scores_see_only_the_face_box():
+    truth = np.full((100, 100, 3), 100, np.uint8)
+    out = truth.copy()
+    out[40:60, 40:60] += 20  # an error inside the box only
+    scores = ev.score_image(out, truth, (30, 30, 70, 70))
+    assert scores.psnr_face < scores.psnr and scores.ssim_face < scores.ssim
+    clean = ev.score_image(out, truth, (0, 0, 20, 20))
+    assert clean.psnr_face == ev.PSNR_CAP_DB and clean.ssim_face == pytest.approx(1.0)
+
+
+# -- motion metrics ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("angles", [(0, 0, 0), (20, 0, 0), (0, -15, 0), (0, 0, 10), (25, -10, 8)])
+def test_head_angles_round_trip_through_mediapipes_matrix(angles):
+    r_image = ev.rotation_from_euler(*angles)
+    assert ev.euler_angles(r_image) == pytest.approx(angles, abs=1e-9)
+    gl = np.diag([1.0, -1.0, -1.0])  # MediaPipe's matrix is in OpenGL axes
+    matrix = np.eye(4)
+    matrix[:3, :3] = gl @ r_image @ gl * 1.3  # with some scale, as MediaPipe's has
+    np.testing.assert_allclose(matrix_rotation(matrix), r_image, atol=1e-9)
+    face = FaceState(np.zeros((478, 3), np.float32), {}, matrix.astype(np.float32), (10, 10))
+    assert ev.head_angles(face) == pytest.approx(angles, abs=1e-3)
+
+
+def test_pearson_known_answers():
+    x = np.sin(np.linspace(0, 6, 50))
+    assert ev.pearson(x, x) == pytest.approx(1.0)
+    assert ev.pearson(x, -2 * x + 3) == pytest.approx(-1.0)
+    assert ev.pearson(x, np.full(50, 0.3) + 1e-4 * x, still_std=0.01) == 0.0  # does not move
+    assert ev.pearson(np.zeros(50), x) is None  # a constant reference says nothing
+    assert ev.pearson(x[:2], x[:2]) is None
+
+
+def test_jitter_known_answers():
+    base = np.zeros((478, 2), np.float32)
+    steady = [base + t * 3.0 for t in range(6)]  # constant velocity: no acceleration
+    assert ev.jitter(steady, [10.0] * 6) == pytest.approx(0.0)
+    shaky = [base + np.array([t % 2, 0], np.float32) for t in range(6)]  # +-1 px zigzag
+    assert ev.jitter(shaky, [10.0] * 6) == pytest.approx(0.2)  # |1 - 2*0 + 1| / 10
+    assert ev.jitter([shaky[0], None, shaky[2], shaky[3]], [10.0] * 4) is None
+
+
+def _sample(t: float, shift: float = 0.0) -> ev.FaceSample:
+    shapes = {k: 0.5 + 0.4 * math.sin(t + i) for i, k in enumerate(ev.KEY_SHAPES)}
+    angles = (10 * math.sin(t), 5 * math.cos(t), 3 * math.sin(2 * t))
+    xy = np.full((478, 2), 100 + shift + 5 * math.sin(t), np.float32)
+    return ev.FaceSample(shapes=shapes, angles=angles, xy=xy, size=50.0)
+
+
+def test_an_output_equal_to_its_driver_scores_r_1_and_jitter_ratio_1():
+    records = [ev.FrameRecord(i, None, _sample(i * 0.3), _sample(i * 0.3, shift=7.0))
+               for i in range(40)]
+    m = ev.score_motion(records)
+    assert m.expr_r == pytest.approx(1.0) and m.expr_amplitude == pytest.approx(1.0)
+    assert set(m.shape_r) == set(ev.KEY_SHAPES)
+    assert m.yaw_r == pytest.approx(1.0) and m.pitch_r == pytest.approx(1.0)
+    assert m.roll_r == pytest.approx(1.0) and m.pose_r == pytest.approx(1.0)
+    assert m.face_found == 1.0 and m.jitter_ratio == pytest.approx(1.0)
+
+
+def test_a_still_output_scores_r_0_and_lost_faces_are_counted():
+    still = _sample(0.0)
+    records = [ev.FrameRecord(i, None, _sample(i * 0.3), still if i % 4 else None) for i in range(40)]
+    m = ev.score_motion(records)
+    assert m.expr_r == 0.0 and m.pose_r == 0.0 and m.expr_amplitude == pytest.approx(0.0, abs=1e-12)
+    assert m.face_found == pytest.approx(30 / 40)
+
+
+def test_contact_sheet_layout():
+    assert ev.sheet_indices(1, 40, 8) == [1, 6, 11, 16, 21, 26, 31, 36]
+    assert ev.sheet_indices(1, 40, 8, every=10) == [1, 11, 21, 31]
+    sheet = ev.ContactSheet([1, 3], tile_height=50)
+    for i in range(5):
+        sheet.offer(i, np.zeros((100, 100, 3), np.uint8), np.full((200, 100, 3), 200, np.uint8))
+    image = sheet.render()
+    assert image.shape == (28 + 2 * 50 + 4, 2 * 50 + 4, 3)
+    assert image[28 + 50 + 4 + 25, 25].mean() == 200  # an output tile, bottom row
+
+
+# -- the commands on real clips ------------------------------------------------------------------
+
+
+def test_self_reenactment_canvas_lines_up_with_the_ground_truth(tmp_path, landmarker_model):
+    """Frame 0 of a self-reenactment by the static engine is the ground truth itself, exactly."""
+    from live_puppet.app import App
+
+    clip = ev.probe_clip(need(DRIVING / "d0.mp4"))
+    portrait = tmp_path / "frame0.png"
+    cv2.imwrite(str(portrait), clip.first_frame)
+    task = ev.EvalTask(driving=clip.path, portrait=None, engine="static")
+    config = ev.eval_config(task, portrait, clip, ev.EvalOptions(out_dir=tmp_path), max_frames=2)
+    sink = ev.EvalSink(ev.FrameScorer(landmarker_model, clip.fps, ground_truth=True), first=0)
+    App(config, extra_sinks=[sink]).run()
+    assert [r.index for r in sink.records] == [0, 1] and sink.canvas == (clip.width, clip.height)
+    assert sink.records[0].image.psnr == ev.PSNR_CAP_DB
+    assert sink.records[0].image.ssim == pytest.approx(1.0)
+    assert sink.records[1].image.psnr < ev.PSNR_CAP_DB
+
+
+def test_eval_self_on_d0_warp_follows_and_static_is_the_floor(tmp_path, landmarker_model):
+    clip = need(DRIVING / "d0.mp4")  # strong expressions
+    out, scores = tmp_path / "out", tmp_path / "scores.json"
+    assert main(["eval", "--self", str(clip), "--engine", "warp,static", "--frames", "40",
+                 "--out", str(out), "--json", str(scores)]) == 0
+    data = json.loads(scores.read_text())
+    warp, static = data["results"]
+    assert (warp["engine"], static["engine"]) == ("warp", "static")
+    assert warp["frames"] == static["frames"] == 40
+    assert abs(static["expr_r"]) < 0.2 and static["expr_amplitude"] < 0.1
+    assert warp["expr_r"] > 0.6 and warp["expr_amplitude"] > 0.3
+    for r in (warp, static):
+        assert 15 < r["psnr"] < ev.PSNR_CAP_DB and 0.5 < r["ssim"] < 1.0
+        assert r["psnr_face"] < r["psnr"] and r["face_found"] == 1.0
+        sheet = cv2.imread(r["contact_sheet"])
+        assert sheet is not None and sheet.shape[0] == 28 + 2 * 200 + 4
+    assert warp["ssim_face"] > static["ssim_face"]
+    assert [s["name"] for s in data["summary"]] == ["mean (warp)", "mean (static)"]
+
+
+def test_eval_cross_writes_scores_sheet_and_side_by_side_video(tmp_path, landmarker_model, capsys):
+    portrait, clip = need(PORTRAITS / "mona_lisa.jpg"), need(DRIVING / "d19.mp4")
+    out, scores = tmp_path / "out", tmp_path / "scores.json"
+    assert main(["eval", "--portrait", str(portrait), "--driving", str(clip), "--frames", "12",
+                 "--max-side", "512", "--video", "--out", str(out), "--json", str(scores)]) == 0
+    assert "mona_lisa~d19" in capsys.readouterr().out
+    result = json.loads(scores.read_text())["results"][0]
+    assert result["mode"] == "cross" and result["psnr"] is None and result["frames"] == 12
+    assert result["canvas"] == [288, 512] and result["face_found"] == 1.0
+    assert Path(result["contact_sheet"]).is_file()
+    with av.open(result["video"]) as c:
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(video=0)]
+    assert len(frames) == 12 and frames[0].shape[0] == 480  # driver 480 high, output scaled to it
+
+
+def test_bench_measures_each_configuration_in_its_own_process(tmp_path, landmarker_model, capsys):
+    portrait, clip = need(PORTRAITS / "mona_lisa.jpg"), need(DRIVING / "d19.mp4")
+    stats = tmp_path / "bench.json"
+    assert main(["bench", "--driving", str(clip), "--portrait", str(portrait), "--engine", "static",
+                 "--sizes", "512", "--frames", "15", "--json", str(stats)]) == 0
+    printed = capsys.readouterr().out
+    assert "load average" in printed and "288x512" in printed
+    (result,) = json.loads(stats.read_text())["results"]
+    assert result["frames_out"] == 15 and result["canvas"] == [288, 512]
+    for stage in ("capture_wait", "track", "retarget", "render", "sink"):
+        assert set(result["latency_ms"][stage]) == {"median", "p90", "p99"}
+    assert result["fps"] > 0 and result["peak_rss_mb"] > 50
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--portrait", "p.jpg"], "--driving"),
+    (["eval", "--self", "missing.mp4"], "does not exist"),
+    (["eval", "--self", "missing.mp4", "--engine", "nope"], "Unknown engine"),
+    (["bench", "--portrait", "p.jpg"], "--driving"),
+])
+def test_bad_eval_and_bench_arguments_get_one_line_and_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("live-puppet: error:")
