@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from live_puppet.calibration import calibration_path, load_shape, save_neutral
 from live_puppet.capture import Capture, open_source
 from live_puppet.config import RunConfig
 from live_puppet.errors import UserError
@@ -89,14 +90,35 @@ class App:
         self.engine = create_engine(c.engine, **c.engine_options())
         self._closers.append(self.engine.close)
         self.portrait = self._first_portrait()
-        self.retargeter = Retargeter(RetargetSettings(expression_gain=c.expression_gain,
-                                                      neutral_frames=c.neutral_frames))
+        self.retargeter = self._make_retargeter()
         self.tracker = Tracker(model, mode="video", num_faces=1)
         self._closers.append(self.tracker.close)
         self.letterbox = Letterbox(self.portrait.size, c.vcam_size)
         self._open_sinks()
         realtime = c.realtime if c.realtime is not None else self.source.is_live
         self.capture = Capture(self.source, realtime=realtime, mirror=c.mirror)
+
+    def _make_retargeter(self) -> Retargeter:
+        c = self.config
+        settings = RetargetSettings(expression_gain=c.expression_gain, neutral_frames=c.neutral_frames,
+                                    neutral_keep=min(3, c.neutral_frames),
+                                    neutral_refine_frames=c.neutral_refine_frames)
+        if not c.calibration:
+            return Retargeter(settings)
+        path = calibration_path(c.calibration, c.calibration_dir)
+        stored = None
+        if path.exists():
+            stored = load_shape(path)
+            print(f"Calibration '{c.calibration}' loaded from {path}.", flush=True)
+
+        def save(neutral) -> None:
+            try:
+                save_neutral(neutral, path)
+                print(f"Calibration '{c.calibration}' saved to {path}.", flush=True)
+            except OSError as exc:
+                warn(f"could not save the calibration to {path} ({exc}); it is used for this session only.")
+
+        return Retargeter(settings, stored_shape=stored, on_neutral=save)
 
     def _first_portrait(self):
         errors = []

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stats-json", type=Path, help="write frame counts, fps and latencies here at exit")
     run.add_argument("--max-frames", type=positive_int, help="stop after this many output frames")
     run.add_argument("--show-landmarks", action="store_true", help="start with the landmark overlay on")
+    run.add_argument("--calibration", metavar="NAME",
+                     help="reuse your saved neutral face NAME from calibration/ (made on first use, "
+                          "updated by hotkey c)")
+    run.add_argument("--calibration-dir", type=Path, default=Path("calibration"),
+                     help="folder of saved calibrations (default: calibration/)")
     run.set_defaults(func=cmd_run)
 
     for name in PLUGIN_COMMANDS:
@@ -116,7 +121,8 @@ def config_from_args(args) -> "RunConfig":
         expression_gain=args.expression_gain, vcam=args.vcam, vcam_size=args.vcam_size,
         vcam_fps=args.vcam_fps, vcam_backend=args.vcam_backend, preview=args.preview,
         record=args.record, stats_json=args.stats_json, max_frames=args.max_frames,
-        overlay_landmarks=args.show_landmarks, engine_dir=args.engine_dir)
+        overlay_landmarks=args.show_landmarks, engine_dir=args.engine_dir,
+        calibration=args.calibration, calibration_dir=args.calibration_dir)
 
 
 def cmd_run(args) -> int:

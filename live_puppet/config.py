@@ -33,8 +33,14 @@ class RunConfig:
     max_side: int = 1024
     # Multiplier on transferred expression (1 = the driver's own amplitude).
     expression_gain: float = 1.0
-    # Number of frames with a face averaged into the automatic neutral reference.
+    # The neutral (rest) face is chosen from this many first frames with a face (the calmest).
     neutral_frames: int = 5
+    # Later frames in which a clearly calmer face replaces the neutral (0: never).
+    neutral_refine_frames: int = 150
+    # Name of a saved calibration (the user's neutral face) to reuse and update; None: none.
+    calibration: str | None = None
+    # Folder of saved calibrations.
+    calibration_dir: Path = field(default_factory=lambda: Path("calibration"))
     # Send frames to a virtual camera (pyvirtualcam); its size, rate and backend (None: any).
     vcam: bool = True
     vcam_size: tuple[int, int] = (1280, 720)

@@ -17,42 +17,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from live_puppet import face_mesh as fm
+from live_puppet.calibration import (RIGID_POINTS, Neutral, NeutralPicker, matrix_rotation,
+                                     rigid_frame, umeyama)
 from live_puppet.types import FaceState, Portrait, Target
 
-# MediaPipe face-mesh points that stay put when the face moves its muscles: forehead, nose bridge
-# and tip, inner/outer eye corners, temples and the sides of the face at the ears.
-RIGID_POINTS = np.array([
-    10, 151, 9, 8, 168, 6, 197, 195, 5, 4, 1, 19, 2, 98, 327,
-    33, 133, 263, 362, 234, 454, 127, 356, 21, 251, 54, 284, 103, 332, 67, 297, 109, 338,
-])
-
-# MediaPipe's matrices use OpenGL axes (y up, z towards the viewer); landmarks use image axes.
-_GL_TO_IMAGE = np.diag([1.0, -1.0, -1.0])
-
-
-def matrix_rotation(matrix: np.ndarray) -> np.ndarray:
-    """The head rotation of a facial transformation matrix, in image axes (x right, y down)."""
-    r = np.asarray(matrix, np.float64)[:3, :3]
-    u, _, vt = np.linalg.svd(r)  # drop any scale in the matrix
-    r = u @ vt
-    return _GL_TO_IMAGE @ r @ _GL_TO_IMAGE
-
-
-def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-    """Rotation R, scale s, translation t minimising |s R src + t - dst|² (rows are points)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    cov = b.T @ a / len(src)
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.ones(len(d))
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    r = (u * sign) @ vt
-    var = (a ** 2).sum() / len(src)
-    s = float((d * sign).sum() / var) if var > 0 else 1.0
-    t = mu_d - s * r @ mu_s
-    return r, s, t
-
+__all__ = ["Retargeter", "RetargetSettings", "OneEuroFilter", "clamp_rotation", "matrix_rotation",
+           "umeyama", "RIGID_POINTS"]
 
 def clamp_rotation(r: np.ndarray, max_degrees: float) -> np.ndarray:
     """The same rotation with its angle limited to `max_degrees` (extreme poses tear the image)."""
@@ -63,23 +34,6 @@ def clamp_rotation(r: np.ndarray, max_degrees: float) -> np.ndarray:
         return r
     out, _ = cv2.Rodrigues(vec * (limit / angle))
     return out
-
-
-@dataclass
-class Neutral:
-    """The driver's rest face: motion is measured against it."""
-
-    landmarks: np.ndarray  # 478 x 3
-    rotation: np.ndarray  # 3 x 3, image axes
-    center: np.ndarray  # (3,) centroid of the rigid points
-    size: float  # RMS radius of the rigid points
-
-
-def _rigid_frame(landmarks: np.ndarray) -> tuple[np.ndarray, float]:
-    pts = landmarks[RIGID_POINTS].astype(np.float64)
-    center = pts.mean(0)
-    size = float(np.sqrt(((pts - center) ** 2).sum(1).mean()))
-    return center, size
 
 
 class OneEuroFilter:
@@ -119,23 +73,68 @@ class OneEuroFilter:
 class RetargetSettings:
     """How the driver's motion is carried over."""
 
-    expression_gain: float = 1.0  # multiplier on expression offsets
-    neutral_frames: int = 5  # frames with a face averaged into the automatic neutral
+    expression_gain: float = 1.0  # multiplier on expression offsets (hotkeys +/-)
+    eye_gain: float = 1.0  # multiplier on eye closing (1: the driver's blink closes fully)
+    neutral_frames: int = 5  # first frames with a face the neutral is chosen from (the calmest)
+    neutral_keep: int = 3  # how many of the calmest are averaged
+    neutral_refine_frames: int = 150  # later frames in which a clearly calmer face replaces it
     max_rotation_deg: float = 35.0  # head rotation limit relative to the neutral
     max_scale_change: float = 0.25  # head scale limited to 1 ± this
-    max_translation: float = 0.35  # head translation limited to this fraction of the face size
+    max_translation: float = 0.35  # head translation limit, as a fraction of the face box
     smoothing_min_cutoff: float = 1.5  # 1€ filter on driver landmarks (Hz); lower = smoother
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
 
 
-class Retargeter:
-    """Turns the driver's FaceState into a Target for the current portrait."""
+# Upper / lower eyelid points facing each other, per eye.
+_LID_PAIRS = {
+    "right": (np.array([246, 161, 160, 159, 158, 157, 173]), np.array([7, 163, 144, 145, 153, 154, 155]),
+              (33, 133), fm.RIGHT_IRIS),
+    "left": (np.array([466, 388, 387, 386, 385, 384, 398]), np.array([249, 390, 373, 374, 380, 381, 382]),
+             (263, 362), fm.LEFT_IRIS),
+}
 
-    def __init__(self, settings: RetargetSettings | None = None):
+
+def eye_openness(landmarks: np.ndarray, eye: str) -> float:
+    """Mean lid gap over eye width (about 0.3 open, under 0.05 closed)."""
+    upper, lower, corners, _ = _LID_PAIRS[eye]
+    width = np.linalg.norm(landmarks[corners[0], :2] - landmarks[corners[1], :2]) + 1e-6
+    return float(np.linalg.norm(landmarks[upper, :2] - landmarks[lower, :2], axis=1).mean() / width)
+
+
+def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction: float) -> None:
+    """Open the eye of `landmarks` to `fraction` of its opening in `rest` (in place).
+
+    The lids close onto a line a fifth of the way up from the lower lid, as in a blink (the upper
+    lid does most of the travel); the iris follows vertically so it never leaves the eye.
+    """
+    upper, lower, _, iris = _LID_PAIRS[eye]
+    meet = rest[lower] + 0.2 * (rest[upper] - rest[lower])
+    # Keep the transferred sideways/depth motion of the open lids; a shut eye is a line.
+    sideways = np.array([1.0, 0.0, 1.0]) * min(fraction, 1.0)
+    offset_u = (landmarks[upper] - rest[upper]) * sideways
+    offset_l = (landmarks[lower] - rest[lower]) * sideways
+    landmarks[upper] = meet + fraction * (rest[upper] - meet) + offset_u
+    landmarks[lower] = meet + fraction * (rest[lower] - meet) + offset_l
+    mid_y = meet[:, 1].mean()
+    landmarks[iris, 1] = mid_y + min(fraction, 1.0) * (landmarks[iris, 1] - mid_y)
+
+
+class Retargeter:
+    """Turns the driver's FaceState into a Target for the current portrait.
+
+    `stored_shape`: a saved neutral (calibration.load_shape), re-placed on the first face seen.
+    `on_neutral`: called with each new neutral (to save it).
+    """
+
+    def __init__(self, settings: RetargetSettings | None = None, stored_shape=None, on_neutral=None):
         self.settings = settings or RetargetSettings()
+        s = self.settings
         self.neutral: Neutral | None = None
-        self._pending: list[FaceState] = []
-        self._filter = OneEuroFilter(self.settings.smoothing_min_cutoff, self.settings.smoothing_beta)
+        self.stored_shape = stored_shape
+        self.on_neutral = on_neutral
+        self._picker = NeutralPicker(window=s.neutral_frames, keep=min(s.neutral_keep, s.neutral_frames),
+                                     refine_frames=0 if stored_shape is not None else s.neutral_refine_frames)
+        self._filter = OneEuroFilter(s.smoothing_min_cutoff, s.smoothing_beta)
         self._portrait_id: int | None = None
         self._p_center = np.zeros(3)
         self._p_size = 1.0
@@ -143,18 +142,32 @@ class Retargeter:
 
     # -- neutral -------------------------------------------------------------------------------
     def retake_neutral(self) -> None:
-        """Forget the neutral; the next frames with a face become the new one."""
+        """Forget the neutral (and any stored one); the next frames choose a new one."""
         self.neutral = None
-        self._pending.clear()
+        self.stored_shape = None
+        self._picker.reset()
         self._filter.reset()
 
     def set_neutral(self, faces: list[FaceState]) -> None:
         """Make the average of these faces the neutral reference."""
-        lms = np.mean([f.landmarks for f in faces], axis=0).astype(np.float64)
-        rots = np.mean([matrix_rotation(f.matrix) for f in faces], axis=0)
-        u, _, vt = np.linalg.svd(rots)
-        center, size = _rigid_frame(lms)
-        self.neutral = Neutral(landmarks=lms, rotation=u @ vt, center=center, size=size)
+        self._adopt(Neutral.from_faces(faces))
+
+    def _adopt(self, neutral: Neutral) -> None:
+        self.neutral = neutral
+        if self.on_neutral is not None:
+            self.on_neutral(neutral)
+
+    def _update_neutral(self, face: FaceState) -> bool:
+        """Feed the calibration; False while there is no neutral yet."""
+        if self.neutral is None and self.stored_shape is not None:
+            shape, act = self.stored_shape
+            self.neutral = Neutral.place(shape, face, act)
+            return True
+        picked = self._picker.offer(face, self.neutral)
+        if picked is not None:
+            self._adopt(picked)
+            self._filter.reset()
+        return self.neutral is not None
 
     @property
     def calibrating(self) -> bool:
@@ -165,21 +178,16 @@ class Retargeter:
         if self._portrait_id == id(portrait):
             return
         self._portrait_id = id(portrait)
-        self._p_center, self._p_size = _rigid_frame(portrait.face.landmarks)
+        self._p_center, self._p_size = rigid_frame(portrait.face.landmarks)
         self._p_rotation = matrix_rotation(portrait.face.matrix)
+        self._p_open = {eye: eye_openness(portrait.face.landmarks, eye) for eye in _LID_PAIRS}
 
     # -- per frame -----------------------------------------------------------------------------
     def __call__(self, face: FaceState | None, portrait: Portrait, timestamp: float) -> Target | None:
         """The portrait's target for this driver face; None while calibrating or with no face."""
         self._use_portrait(portrait)
-        if face is None:
+        if face is None or not self._update_neutral(face):
             return None
-        if self.neutral is None:
-            self._pending.append(face)
-            if len(self._pending) < self.settings.neutral_frames:
-                return None
-            self.set_neutral(self._pending)
-            self._pending.clear()
         s = self.settings
         n = self.neutral
         driver = self._filter(face.landmarks, timestamp)
@@ -193,7 +201,15 @@ class Retargeter:
         # Into the portrait: neutral head frame -> portrait head frame, driver size -> portrait size.
         size_ratio = self._p_size / n.size
         to_portrait = self._p_rotation @ n.rotation.T
-        delta_p = (delta @ to_portrait.T) * size_ratio * s.expression_gain
+        rest = portrait.face.landmarks.astype(np.float64)
+        base = rest + (delta @ to_portrait.T) * size_ratio * s.expression_gain
+        # Eyes: the driver's lid opening relative to their neutral, applied to the portrait's eye.
+        for eye in _LID_PAIRS:
+            ratio = eye_openness(undone, eye) / max(eye_openness(n.landmarks, eye), 1e-3)
+            fraction = float(np.clip(1 - s.eye_gain * (1 - ratio), 0.0, 1.35))
+            if self._p_open[eye] < 0.08:  # the portrait's eye is (nearly) shut: leave it
+                continue
+            set_eye_opening(base, rest, eye, fraction)
 
         r = clamp_rotation(r, s.max_rotation_deg)
         scale = float(np.clip(scale, 1 - s.max_scale_change, 1 + s.max_scale_change))
@@ -203,7 +219,6 @@ class Retargeter:
         move[:2] = np.clip(move[:2], -limit, limit)
         move[2] = 0.0
 
-        base = portrait.face.landmarks.astype(np.float64) + delta_p
         center = self._p_center
         landmarks = center + scale * (base - center) @ r.T + move
         return Target(landmarks=landmarks.astype(np.float32), rotation=r.astype(np.float32),

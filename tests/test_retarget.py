@@ -104,3 +104,44 @@ def test_one_euro_filter_calms_a_still_signal_and_follows_a_jump():
     for i in range(60, 70):
         out = f(np.array([160.0]), i / 30)[0]
     assert out > 155
+
+
+def test_a_blink_closes_the_portrait_eyes_fully_and_they_reopen(astronaut_portrait):
+    from live_puppet.retarget import eye_openness
+
+    rt = Retargeter(settings())
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64) * 0.9 + [20, 30, 0]
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    closed = neutral.copy()
+    for upper, lower in (([246, 161, 160, 159, 158, 157, 173], [7, 163, 144, 145, 153, 154, 155]),
+                         ([466, 388, 387, 386, 385, 384, 398], [249, 390, 373, 374, 380, 381, 382])):
+        closed[upper] = closed[lower]  # upper lids down on the lower ones
+    target = rt(face_from(closed), astronaut_portrait, 1.0)
+    for eye in ("left", "right"):
+        assert eye_openness(astronaut_portrait.face.landmarks, eye) > 0.15
+        assert eye_openness(target.landmarks, eye) < 0.02
+    reopened = rt(face_from(neutral), astronaut_portrait, 2.0)
+    assert np.abs(reopened.landmarks - astronaut_portrait.face.landmarks).max() < 1e-3
+
+
+def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_portrait, tmp_path):
+    from live_puppet.calibration import calibration_path, load_shape, save_neutral
+
+    base = astronaut_portrait.face.landmarks.astype(np.float64)
+    smiling = base.copy()
+    smiling[[61, 291], 1] -= 8
+    saved = []
+    rt = Retargeter(RetargetSettings(neutral_frames=4, neutral_keep=1, smoothing_min_cutoff=1e6),
+                    on_neutral=saved.append)
+    frames = [face_from(smiling, blend={"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9})] * 3
+    frames.append(face_from(base, blend={"mouthSmileLeft": 0.0}))
+    drive(rt, astronaut_portrait, frames)
+    assert np.allclose(rt.neutral.landmarks, base)  # the relaxed face, not the first (smiling) one
+    path = calibration_path("me", tmp_path)
+    save_neutral(saved[-1], path)
+    # Next session: the user sits elsewhere (shifted, smaller); the stored shape is re-placed there.
+    elsewhere = base * 0.8 + [30, 10, 0]
+    rt2 = Retargeter(settings(), stored_shape=load_shape(path))
+    target = rt2(face_from(elsewhere), astronaut_portrait, 0.0)
+    assert target is not None  # no calibration wait
+    assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 0.5
