@@ -49,6 +49,7 @@ MOVED_ANGLE_STD = 1.0  # a head angle counts as moved when its std is this many 
 # amplitude, so that drift alone could correlate with the driver's motion.
 STILL_SHAPE_STD = 0.01
 STILL_ANGLE_STD = 0.5
+CROSS_SHEET_ZOOM = 2.0  # cross-reenactment sheets show a square twice the output face's size
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 ANGLE_NAMES = ("yaw", "pitch", "roll")
 
@@ -370,24 +371,41 @@ def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
 
 
 def _label(image: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.5) -> None:
-    cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    """White text on a black box, `org` its baseline's left end."""
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x, y = org
+    cv2.rectangle(image, (x - 2, y - h - 2), (x + w + 2, y + base), (0, 0, 0), -1)
     cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
 
 
 class ContactSheet:
-    """Thumbnails of chosen frames: one column a frame, the driver above, the output below."""
+    """Thumbnails of chosen frames: one column a frame, the driver above, the output below.
 
-    def __init__(self, indices: Iterable[int], tile_height: int = 200, title: str = ""):
+    With `face_zoom`, output tiles show a fixed square around the output's face (found in the first
+    chosen frame, grown `face_zoom` times), so that a small face in a large canvas stays visible.
+    """
+
+    def __init__(self, indices: Iterable[int], tile_height: int = 200, title: str = "",
+                 face_zoom: float | None = None):
         self.indices = set(indices)
         self.tile_height = tile_height
         self.title = title
+        self.face_zoom = face_zoom
+        self._crop: Box | None = None
         self._tiles: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def offer(self, index: int, driver: np.ndarray, output: np.ndarray) -> None:
-        """Keep thumbnails of this frame if it is one of the chosen ones."""
-        if index in self.indices:
-            self._tiles[index] = (_fit_height(driver, self.tile_height),
-                                  _fit_height(output, self.tile_height))
+    def offer(self, index: int, driver: np.ndarray, output: np.ndarray,
+              output_face: np.ndarray | None = None) -> None:
+        """Keep thumbnails of this frame if it is one of the chosen ones (`output_face`: N x 2)."""
+        if index not in self.indices:
+            return
+        if self.face_zoom and self._crop is None and output_face is not None:
+            self._crop = square_box(output_face, (output.shape[1], output.shape[0]), self.face_zoom)
+        if self._crop is not None:
+            x0, y0, x1, y1 = self._crop
+            output = output[y0:y1, x0:x1]
+        self._tiles[index] = (_fit_height(driver, self.tile_height),
+                              _fit_height(output, self.tile_height))
 
     def render(self) -> np.ndarray:
         """The sheet (BGR); a title strip, then driver and output rows."""
@@ -405,13 +423,27 @@ class ContactSheet:
                 sheet[y:y + th, ox:ox + tile.shape[1]] = tile
             _label(sheet, f"#{index}", (x + 4, header + 18))
             x += width + gap
-        _label(sheet, self.title + "   top: driver   bottom: output", (6, 19))
+        bottom = "output, face zoomed" if self._crop is not None else "output"
+        _label(sheet, f"{self.title}   top: driver   bottom: {bottom}", (6, 19))
         return sheet
 
     def save(self, path: Path) -> Path:
         if not cv2.imwrite(str(path), self.render()):
             raise UserError(f"Could not write the contact sheet '{path}'; choose a writable --out folder.")
         return path
+
+
+def square_box(points: np.ndarray, image_size: tuple[int, int], zoom: float) -> Box:
+    """A square around the points' box, its side `zoom` times the box's larger side, kept inside
+    the picture (shifted, then clipped when the picture is smaller)."""
+    x0, y0 = points[:, :2].min(axis=0)
+    x1, y1 = points[:, :2].max(axis=0)
+    w, h = image_size
+    side = min(float(max(x1 - x0, y1 - y0)) * zoom, w, h)
+    cx = float(np.clip((x0 + x1) / 2, side / 2, w - side / 2))
+    cy = float(np.clip((y0 + y1) / 2, side / 2, h - side / 2))
+    bx0, by0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    return bx0, by0, min(w, bx0 + int(round(side))), min(h, by0 + int(round(side)))
 
 
 def sheet_indices(first: int, last: int, columns: int, every: int | None = None) -> list[int]:
@@ -506,7 +538,8 @@ class EvalSink(Sink):
         self.canvas = (image.shape[1], image.shape[0])
         self.records.append(self.scorer(info.index, info.driver, info.driver_face, image))
         if self.sheet is not None:
-            self.sheet.offer(info.index, info.driver, image)
+            face = self.records[-1].output
+            self.sheet.offer(info.index, info.driver, image, face.xy if face is not None else None)
         if self._video_factory is not None:
             if self.video is None:
                 self.video = self._video_factory(info.driver, image)
@@ -668,7 +701,8 @@ def run_eval_task(task: EvalTask, options: EvalOptions) -> PairResult:
     options.out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{task.name}_{task.engine}"
     sheet = ContactSheet(sheet_indices(1, last, options.sheet_columns, options.sheet_every),
-                         title=f"{task.name} ({task.mode}) engine={task.engine}")
+                         title=f"{task.name} ({task.mode}) engine={task.engine}",
+                         face_zoom=None if task.portrait is None else CROSS_SHEET_ZOOM)
     video_path = options.out_dir / f"{stem}_side_by_side.mp4"
     factory = None
     if options.video:

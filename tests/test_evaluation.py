@@ -128,6 +128,18 @@ def test_contact_sheet_layout():
     assert image[28 + 50 + 4 + 25, 25].mean() == 200  # an output tile, bottom row
 
 
+def test_cross_sheets_zoom_on_the_output_face():
+    face = np.array([[40, 100], [60, 130]], np.float32)  # a 20 x 30 face box in a 100 x 400 canvas
+    assert ev.square_box(face, (100, 400), 2.0) == (20, 85, 80, 145)
+    assert ev.square_box(face, (100, 400), 10.0) == (0, 65, 100, 165)  # at most the canvas width
+    sheet = ev.ContactSheet([1], tile_height=60, face_zoom=2.0)
+    output = np.zeros((400, 100, 3), np.uint8)
+    output[85:145, 20:80] = 255  # exactly the zoomed square
+    sheet.offer(1, np.zeros((60, 60, 3), np.uint8), output, face)
+    tile = sheet.render()[28 + 60 + 4:, :]
+    assert tile.shape[:2] == (60, 60) and tile.min() == 255
+
+
 # -- the commands on real clips ------------------------------------------------------------------
 
 
