@@ -133,3 +133,15 @@ def test_torch_compile_parity(generator_and_psi, sketch_batch):
     runner = create_backend("torch-compile").load(fold_generator(g, psi=psi), sketch_batch, None)
     err = np.abs(runner(sketch_batch.numpy()) - reference(g, psi, sketch_batch)).max()
     assert err < 1e-4, f"torch-compile: max abs error {err:.2e}"
+
+
+def test_bench_rows_report_speed_and_parity():
+    from live_puppet.backends.bench import bench_generators, format_table
+
+    rows = bench_generators(configs=("small",), backends=("torch", "onnxruntime"), size=64,
+                            frames=2, warmup=1, log=lambda _: None)
+    assert [r.backend for r in rows] == ["torch (unfolded)", "torch", "onnxruntime"]
+    assert all(r.ms_median > 0 and r.ms_min <= r.ms_median for r in rows)
+    assert all(r.max_abs_err < 1e-4 for r in rows)
+    assert rows[1].gflops < rows[0].gflops  # folding + rewrites cut the arithmetic
+    assert len(format_table(rows).splitlines()) == 2 + len(rows)

@@ -35,14 +35,20 @@ class BenchRow:
     max_abs_err: float  # vs. the unfolded eager generator on the same sketch
 
 
-def _time_runner(runner, x: np.ndarray, frames: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        runner(x)
-    times = []
-    for _ in range(frames):
-        t = time.perf_counter()
-        runner(x)
-        times.append((time.perf_counter() - t) * 1000)
+def _time_round_robin(runners: list, x: np.ndarray, frames: int, warmup: int,
+                      block: int = 2) -> list[list[float]]:
+    """ms per call of each runner, timed in alternating blocks so that every runner sees the same
+    share of whatever else the machine is doing (a shared CPU's load changes by the second)."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner(x)
+    times: list[list[float]] = [[] for _ in runners]
+    while len(times[0]) < frames:
+        for runner, own in zip(runners, times):
+            for _ in range(min(block, frames - len(own))):
+                t = time.perf_counter()
+                runner(x)
+                own.append((time.perf_counter() - t) * 1000)
     return times
 
 
@@ -50,7 +56,10 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
                      frames: int = 10, warmup: int = 2, seed: int = 0,
                      include_unfolded: bool = True, log=print,
                      calibration_dir: Path | None = None) -> list[BenchRow]:
-    """ms per frame of the portrait-folded generator, per config and backend, at `size` px."""
+    """ms per frame of the portrait-folded generator, per config and backend, at `size` px.
+
+    All runners of a config are built first, then timed round-robin (see `_time_round_robin`).
+    """
     import torch
 
     from live_puppet.backends import create_backend
@@ -66,33 +75,33 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
         with torch.no_grad():
             ref = g(x, psi).numpy()
+        folded = fold_generator(g, psi=psi)
+        flops = generator_flops(folded, size) / 1e9
+        pending: list[tuple[BenchRow, object]] = []
         if include_unfolded:
             def unfolded(a, g=g, psi=psi):
                 with torch.inference_mode():
                     return g(torch.from_numpy(a), psi).numpy()
 
-            times = _time_runner(unfolded, x.numpy(), frames, warmup)
-            rows.append(BenchRow(name, "torch (unfolded)", size,
-                                 generator_flops(g, size, psi) / 1e9, statistics.median(times),
-                                 min(times), 0.0, 0.0))
-            log(_format_row(rows[-1]))
-        folded = fold_generator(g, psi=psi)
-        flops = generator_flops(folded, size) / 1e9
-        for backend_name in backends:
-            backend = create_backend(backend_name, calibration_dir=calibration_dir)
-            with tempfile.TemporaryDirectory() as tmp:
+            pending.append((BenchRow(name, "torch (unfolded)", size,
+                                     generator_flops(g, size, psi) / 1e9, 0, 0, 0.0, 0.0), unfolded))
+        with tempfile.TemporaryDirectory() as tmp:
+            for backend_name in backends:
+                backend = create_backend(backend_name, calibration_dir=calibration_dir)
                 start = time.perf_counter()
                 path = None
                 if backend.artifact_suffix:
-                    path = Path(tmp) / f"engine{backend.artifact_suffix}"
+                    path = Path(tmp) / f"{backend_name}{backend.artifact_suffix}"
                     backend.export(folded, x, path)
                 runner = backend.load(folded, x, path)
                 build_s = time.perf_counter() - start
                 err = float(np.abs(runner(x.numpy()) - ref).max())
-                times = _time_runner(runner, x.numpy(), frames, warmup)
-            rows.append(BenchRow(name, backend_name, size, flops, statistics.median(times),
-                                 min(times), build_s, err))
-            log(_format_row(rows[-1]))
+                pending.append((BenchRow(name, backend_name, size, flops, 0, 0, build_s, err), runner))
+            times = _time_round_robin([r for _, r in pending], x.numpy(), frames, warmup)
+        for (row, _), own in zip(pending, times):
+            row.ms_median, row.ms_min = statistics.median(own), min(own)
+            rows.append(row)
+            log(_format_row(row))
     return rows
 
 
