@@ -139,7 +139,7 @@ class FineTuner:
             d_total.backward()
             self.opt_d.step()
         self.steps_done += 1
-        return {"g_total": float(g_total), "d_total": float(d_total),
+        return {"g_total": float(g_total.detach()), "d_total": float(d_total.detach()),
                 "rec_l1": float(L.reconstruction_l1_loss(fake, real))}
 
     def result(self, source: Checkpoint, extra: dict) -> Checkpoint:

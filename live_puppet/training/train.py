@@ -107,7 +107,7 @@ class MetaLearner:
             self.opt_d.step()
 
         log = {k: float(v.detach()) for k, v in terms.items()}
-        log.update(g_total=float(g_total), d_total=float(d_total),
+        log.update(g_total=float(g_total.detach()), d_total=float(d_total.detach()),
                    rec_l1=float(L.reconstruction_l1_loss(fake, ep.image)),
                    d_real=float(real_score.mean()), d_fake=float(fake_score_d.mean()))
         return log, fake
