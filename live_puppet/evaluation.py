@@ -721,8 +721,9 @@ def run_eval_task(task: EvalTask, options: EvalOptions) -> PairResult:
         App(config, extra_sinks=[sink]).run()  # the app closes the sink (and its tracker)
     if sink.error is not None:
         raise RuntimeError(f"evaluating {task.name} failed: {sink.error}") from sink.error
-    if not sink.records:
-        raise UserError(f"The pipeline produced no frames for {task.name}; check the clip and portrait.")
+    if len(sink.records) < last:
+        raise UserError(f"Evaluating {task.name} stopped after {len(sink.records)} of {last} frames "
+                        f"(interrupted, or '{clip.path.name}' ends early); nothing was scored.")
     sheet_path = sheet.save(options.out_dir / f"{stem}_sheet.png")
     return summarize_pair(
         sink.records, name=task.name, mode=task.mode, engine=task.engine,
