@@ -151,7 +151,6 @@ def first_frame_report(portrait_path: Path, config: str = "small", backend: str 
     """Cold build, cached start, and a start after the engine file was truncated."""
     import torch
 
-    from live_puppet import backends as _  # noqa: F401  (registry)
     from live_puppet.backends.cache import content_hash
     from live_puppet.model import Embedder, Generator, ModelConfig
     from live_puppet.portrait import load_portrait

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from live_puppet import sketch
-from live_puppet.backends import Runner, backend_class, create_backend, resolve_backend
+from live_puppet.backends import Runner, create_backend, resolve_backend
 from live_puppet.backends.cache import EngineCache, content_hash, make_key
 from live_puppet.errors import UserError
 from live_puppet.types import Portrait
@@ -231,9 +231,3 @@ class PortraitEngineBuilder:
         return PreparedPortrait(portrait=portrait, inputs=inputs, size=self.size, runner=runner,
                                 backend=self.backend_name, key=key, from_cache=from_cache,
                                 seconds=time.perf_counter() - start)
-
-
-def describe_backend(name: str) -> str:
-    """'name' or 'name (unavailable: reason)' for listings."""
-    reason = backend_class(name).unavailable_reason()
-    return name if reason is None else f"{name} (unavailable: {reason})"
