@@ -36,9 +36,12 @@ class BenchRow:
 
 
 def _time_round_robin(runners: list, x: np.ndarray, frames: int, warmup: int,
-                      block: int = 2) -> list[list[float]]:
+                      block: int = 2, clock=time.perf_counter) -> list[list[float]]:
     """ms per call of each runner, timed in alternating blocks so that every runner sees the same
-    share of whatever else the machine is doing (a shared CPU's load changes by the second)."""
+    share of whatever else the machine is doing (a shared CPU's load changes by the second).
+
+    `clock=time.thread_time` measures the calling thread's CPU time instead of wall time: with
+    one compute thread that is the cost of a frame however busy the machine is."""
     for runner in runners:
         for _ in range(warmup):
             runner(x)
@@ -46,21 +49,31 @@ def _time_round_robin(runners: list, x: np.ndarray, frames: int, warmup: int,
     while len(times[0]) < frames:
         for runner, own in zip(runners, times):
             for _ in range(min(block, frames - len(own))):
-                t = time.perf_counter()
+                t = clock()
                 runner(x)
-                own.append((time.perf_counter() - t) * 1000)
+                own.append((clock() - t) * 1000)
     return times
 
 
 def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size: int = 256,
                      frames: int = 10, warmup: int = 2, seed: int = 0,
                      include_unfolded: bool = True, log=print,
-                     calibration_dir: Path | None = None) -> list[BenchRow]:
+                     calibration_dir: Path | None = None,
+                     single_thread_cpu: bool = False) -> list[BenchRow]:
     """ms per frame of the portrait-folded generator, per config and backend, at `size` px.
 
     All runners of a config are built first, then timed round-robin (see `_time_round_robin`).
+    `single_thread_cpu`: one compute thread everywhere, timed by its CPU time (a measure that
+    other processes on a shared machine barely disturb).
     """
     import torch
+
+    options = {"calibration_dir": calibration_dir}
+    clock = time.perf_counter
+    if single_thread_cpu:
+        torch.set_num_threads(1)
+        options.update(threads=1, spinning=False)
+        clock = time.thread_time
 
     from live_puppet.backends import create_backend
     from live_puppet.backends.folding import fold_generator, generator_flops
@@ -87,7 +100,7 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
                                      generator_flops(g, size, psi) / 1e9, 0, 0, 0.0, 0.0), unfolded))
         with tempfile.TemporaryDirectory() as tmp:
             for backend_name in backends:
-                backend = create_backend(backend_name, calibration_dir=calibration_dir)
+                backend = create_backend(backend_name, **options)
                 start = time.perf_counter()
                 path = None
                 if backend.artifact_suffix:
@@ -97,7 +110,8 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
                 build_s = time.perf_counter() - start
                 err = float(np.abs(runner(x.numpy()) - ref).max())
                 pending.append((BenchRow(name, backend_name, size, flops, 0, 0, build_s, err), runner))
-            times = _time_round_robin([r for _, r in pending], x.numpy(), frames, warmup)
+            times = _time_round_robin([r for _, r in pending], x.numpy(), frames, warmup,
+                                      clock=clock)
         for (row, _), own in zip(pending, times):
             row.ms_median, row.ms_min = statistics.median(own), min(own)
             rows.append(row)
@@ -201,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="onnxruntime", help="backend for --ttff")
     p.add_argument("--landmarker-model")
     p.add_argument("--calibration-dir", type=Path, help="INT8 calibration sets (onnxruntime-int8)")
+    p.add_argument("--single-thread-cpu", action="store_true",
+                   help="one compute thread, timed by CPU time (robust on a busy machine)")
     args = p.parse_args(argv)
     if args.ttff:
         if not args.portrait:
@@ -208,7 +224,8 @@ def main(argv=None) -> int:
         first_frame_report(args.portrait, args.config, args.backend, args.landmarker_model)
         return 0
     rows = bench_generators(args.configs, args.backends, args.size, args.frames,
-                            calibration_dir=args.calibration_dir)
+                            calibration_dir=args.calibration_dir,
+                            single_thread_cpu=args.single_thread_cpu)
     print()
     print(format_table(rows))
     return 0
