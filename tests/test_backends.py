@@ -145,3 +145,13 @@ def test_bench_rows_report_speed_and_parity():
     assert all(r.max_abs_err < 1e-4 for r in rows)
     assert rows[1].gflops < rows[0].gflops  # folding + rewrites cut the arithmetic
     assert len(format_table(rows).splitlines()) == 2 + len(rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_tensorrt") is not None,
+                    reason="torch-tensorrt is installed here")
+def test_torch_tensorrt_that_cannot_load_is_one_clear_line():
+    from live_puppet.backends.tensorrt_backend import import_torch_tensorrt
+
+    with pytest.raises(UserError) as info:
+        import_torch_tensorrt()
+    assert "\n" not in str(info.value) and "--backend onnxruntime" in str(info.value)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from live_puppet.backends import Backend, Runner, register_backend
+from live_puppet.errors import UserError
 
 INSTALL_HINT = 'pip install -e ".[tensorrt]"'
 
@@ -67,6 +68,23 @@ def op_names(program) -> list[str]:
     return sorted(names)
 
 
+def import_torch_tensorrt():
+    """torch_tensorrt, or one clear UserError when it is installed but cannot load."""
+    try:
+        import torch_tensorrt
+    except Exception as exc:  # a wheel for another torch or CUDA, a missing TensorRT library
+        raise UserError(f"torch-tensorrt is installed but cannot be loaded ({type(exc).__name__}: "
+                        f"{str(exc)[:120]}); reinstall it with {INSTALL_HINT} for torch "
+                        f"{_torch_version()}, or choose --backend onnxruntime.") from None
+    return torch_tensorrt
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 class TrtRunner:
     """A loaded torch-tensorrt module on numpy arrays (fp16 inside, float32 outside)."""
 
@@ -103,8 +121,7 @@ class TensorRTBackend(Backend):
         return None
 
     def versions(self) -> dict[str, str]:
-        import torch_tensorrt
-
+        torch_tensorrt = import_torch_tensorrt()
         found = {**super().versions(), "torch_tensorrt": torch_tensorrt.__version__}
         try:
             import tensorrt
@@ -124,7 +141,8 @@ class TensorRTBackend(Backend):
 
     def export(self, module, example, dest: Path) -> None:
         import torch
-        import torch_tensorrt
+
+        torch_tensorrt = import_torch_tensorrt()
 
         module = copy.deepcopy(module).to("cuda").half().eval()
         x = example.to("cuda").half()
@@ -146,7 +164,8 @@ class TensorRTBackend(Backend):
 
     def load(self, module, example, dest: Path | None) -> Runner:
         import torch
-        import torch_tensorrt
+
+        torch_tensorrt = import_torch_tensorrt()
 
         loaded = torch_tensorrt.load(str(dest)).module()
         runner = TrtRunner(loaded, torch.float16)
