@@ -138,7 +138,7 @@ def test_torch_compile_parity(generator_and_psi, sketch_batch):
 def test_bench_rows_report_speed_and_parity():
     from live_puppet.backends.bench import bench_generators, format_table
 
-    rows = bench_generators(configs=("small",), backends=("torch", "onnxruntime"), size=64,
+    rows = bench_generators(configs=(tiny_config(),), backends=("torch", "onnxruntime"), size=32,
                             frames=2, warmup=1, log=lambda _: None)
     assert [r.backend for r in rows] == ["torch (unfolded)", "torch", "onnxruntime"]
     assert all(r.ms_median > 0 and r.ms_min <= r.ms_median for r in rows)

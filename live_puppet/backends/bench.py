@@ -80,9 +80,11 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
     from live_puppet.model import Generator, ModelConfig
 
     rows: list[BenchRow] = []
-    for name in configs:
+    for name in configs:  # a preset's name, or a ModelConfig
         torch.manual_seed(seed)
-        cfg = ModelConfig.named(name).replace(image_size=size)
+        base = ModelConfig.named(name) if isinstance(name, str) else name
+        name = name if isinstance(name, str) else "custom"
+        cfg = base.replace(image_size=size)
         g = Generator(cfg).eval()
         psi = torch.randn(1, g.psi_dim) * 0.3
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
