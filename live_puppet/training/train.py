@@ -109,7 +109,8 @@ class MetaLearner:
         log = {k: float(v.detach()) for k, v in terms.items()}
         log.update(g_total=float(g_total.detach()), d_total=float(d_total.detach()),
                    rec_l1=float(L.reconstruction_l1_loss(fake, ep.image)),
-                   d_real=float(real_score.mean()), d_fake=float(fake_score_d.mean()))
+                   d_real=float(real_score.detach().mean()),
+                   d_fake=float(fake_score_d.detach().mean()))
         return log, fake
 
     def checkpoint(self, step: int, videos: list[str]) -> Checkpoint:
