@@ -24,7 +24,7 @@ from live_puppet.retarget import Retargeter, RetargetSettings
 from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, RecorderSink, Sink,
                                VirtualCameraSink, warn)
 from live_puppet.stats import Stats
-from live_puppet.tracking import Tracker, resolve_landmarker_model
+from live_puppet.tracking import FlowStabilizer, Tracker, resolve_landmarker_model
 
 HOTKEYS = (
     ("1-9", "select portrait 1-9 of the gallery"),
@@ -92,6 +92,7 @@ class App:
         self.portrait = self._first_portrait()
         self.retargeter = self._make_retargeter()
         self.tracker = Tracker(model, mode="video", num_faces=1)
+        self.stabilizer = FlowStabilizer()
         self._closers.append(self.tracker.close)
         self.letterbox = Letterbox(self.portrait.size, c.vcam_size)
         self._open_sinks()
@@ -227,6 +228,7 @@ class App:
                 st.add("capture_wait", time.perf_counter() - t0)
                 clock = _Clock(time.perf_counter())
                 face = self.tracker.track(frame.image, int(frame.media_time * 1000))
+                face = self.stabilizer(frame.image, face)
                 st.add("track", clock.lap())
                 portrait = self.portrait
                 target = self.retargeter(face, portrait, frame.media_time)

@@ -145,3 +145,24 @@ def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_p
     target = rt2(face_from(elsewhere), astronaut_portrait, 0.0)
     assert target is not None  # no calibration wait
     assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 0.5
+
+
+def test_flow_stabilizer_keeps_a_still_face_still_and_follows_a_real_move(astronaut):
+    """MediaPipe-like jitter on a still picture is removed; a real shift of the picture is followed."""
+    from live_puppet.tracking import FlowStabilizer
+
+    rng = np.random.default_rng(3)
+    true = np.stack(np.meshgrid(np.linspace(180, 320, 22), np.linspace(90, 250, 22)), -1).reshape(-1, 2)
+    true = np.concatenate([true, np.zeros((len(true), 1))], 1)[:478]
+    stab = FlowStabilizer()
+    out = []
+    for i in range(30):
+        noisy = true + np.concatenate([rng.normal(scale=2.0, size=(478, 2)), np.zeros((478, 1))], 1)
+        face = face_from(noisy)
+        out.append(stab(astronaut, face).landmarks[:, :2])
+    spread_in = 2.0
+    spread_out = np.std(np.array(out[10:]), axis=0).mean()
+    assert spread_out < spread_in / 4
+    shifted = np.roll(astronaut, 6, axis=1)  # the whole picture moves 6 px right
+    moved = stab(shifted, face_from(true + [6, 0, 0])).landmarks[:, :2]
+    assert np.median(moved[:, 0] - out[-1][:, 0]) == pytest.approx(6, abs=1.0)

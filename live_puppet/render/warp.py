@@ -172,14 +172,18 @@ def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
     return np.array(kept, np.float32).reshape(-1, 2)
 
 
+MOUTH_OPEN_START = 0.04  # extra opening (gap / mouth width beyond the portrait's) where the cavity starts
+MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
+
+
 def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     """Fill the target mouth opening (beyond the portrait's own) with a cavity and teeth hint."""
     width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
     gap = np.linalg.norm(xy[fm.UPPER_INNER_LIP] - xy[fm.LOWER_INNER_LIP])
     extra = gap / width - style.rest_opening
-    if extra <= 0.02:
-        return
-    strength = float(np.clip((extra - 0.02) / 0.08, 0, 1))
+    if extra <= MOUTH_OPEN_START:
+        return  # parted lips: the warped lips themselves look right
+    strength = float(np.clip((extra - MOUTH_OPEN_START) / MOUTH_OPEN_RAMP, 0, 1))
     poly = xy[fm.INNER_LIPS]
     x0, y0 = np.floor(poly.min(0)).astype(int) - 4
     x1, y1 = np.ceil(poly.max(0)).astype(int) + 5
