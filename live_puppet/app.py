@@ -166,16 +166,28 @@ class App:
 
     # -- hotkeys ---------------------------------------------------------------------------------
     def _switch_portrait(self, index: int) -> None:
-        if not (0 <= index < len(self.gallery)) and len(self.gallery) > 0:
+        """Load the portrait and prepare it in the background; the stream switches when it is ready
+        (a neural engine may take seconds to build; the current portrait keeps playing)."""
+        if len(self.gallery) > 0:
             index %= len(self.gallery)
         try:
             portrait = self.gallery.load(index)
-            self._prepare(portrait)
         except UserError as err:
             warn(f"{err} Keeping '{self.portrait.name}'.")
             return
+        self._pending = (portrait, self.engine.prepare_async(portrait))
+        self._adopt_pending()
+
+    def _adopt_pending(self) -> None:
+        if self._pending is None or not self._pending[1].done():
+            return
+        portrait, future = self._pending
+        self._pending = None
+        error = future.exception()
+        if error is not None:
+            warn(f"{error} Keeping '{self.portrait.name}'.")
+            return
         self.portrait = portrait
-        self.letterbox = Letterbox(portrait.size, self.config.vcam_size)
         print(f"Portrait: {portrait.name}", flush=True)
 
     def handle_key(self, key: int) -> None:
@@ -254,6 +266,7 @@ class App:
                         pass
 
     def _render_step(self, work: "_Work") -> None:
+        self._adopt_pending()
         st = self.stats
         clock = _Clock(time.perf_counter())
         image = self.engine.render(work.portrait, work.target)
@@ -334,6 +347,7 @@ class App:
         self._tracking.join(timeout=5.0)
 
     capture_error = None
+    _pending = None  # (portrait, future) being prepared for a swap
     _worker_error = None
 
     def _shutdown(self) -> None:

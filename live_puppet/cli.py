@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from live_puppet.backends import BACKEND_CHOICES
 from live_puppet.errors import UserError
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: errors only
@@ -52,9 +53,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
     p.add_argument("--engine", default="warp",
                    help="render engine: warp (default, no weights), neural (needs --checkpoint), static")
     p.add_argument("--checkpoint", type=Path, help="neural engine checkpoint (.safetensors)")
-    p.add_argument("--backend", default="auto",
-                   choices=["auto", "tensorrt", "onnxruntime", "torch", "torch-compile"],
-                   help="neural engine inference backend")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="neural engine inference backend (auto: the fastest present)")
     p.add_argument("--engine-dir", type=Path, default=Path("engines"),
                    help="folder of compiled neural engines (default: engines/)")
     p.add_argument("--size", type=parse_size, help="output canvas WxH (default: the portrait's "

@@ -62,4 +62,5 @@ class RunConfig:
 
     def engine_options(self) -> dict:
         """Keyword options passed to the engine's constructor (engines ignore what they don't use)."""
-        return {"checkpoint": self.checkpoint, "backend": self.backend, "engine_dir": self.engine_dir}
+        return {"checkpoint": self.checkpoint, "backend": self.backend, "engine_dir": self.engine_dir,
+                "calibration_dir": self.calibration_dir}

@@ -112,3 +112,36 @@ def test_sigint_mid_run_leaves_a_playable_recording(tmp_path, landmarker_model):
     assert "Traceback" not in stderr
     codec, n = count_frames(out)
     assert codec == "h264" and n > 5
+
+
+def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, landmarker_model):
+    """Pressing 2 in the preview switches to the gallery's second portrait; c re-takes the neutral."""
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.sinks import Sink
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    cv2.imwrite(str(gallery / "a.png"), astronaut)
+    cv2.imwrite(str(gallery / "b.png"), cv2.flip(astronaut, 1))
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 30)
+
+    class Keys(Sink):
+        wants_canvas = True
+
+        def __init__(self):
+            self.names = []
+
+        def send(self, image, info):
+            self.names.append(info.portrait_name)
+            if info.index == 10:
+                info.keys.append(ord("2"))
+            if info.index == 20:
+                info.keys.append(ord("c"))
+
+    keys = Keys()
+    app = App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False,
+                        preview=False), extra_sinks=[keys])
+    app.run()
+    assert keys.names[:11] == ["a"] * 11 and keys.names[-1] == "b"
+    assert app.retargeter.neutral is not None  # re-taken from the frames after c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from concurrent.futures import Future
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,17 @@ class Engine:
 
     def prepare(self, portrait: Portrait) -> None:
         """Precompute whatever this portrait needs (mesh, embedding, compiled network)."""
+
+    def prepare_async(self, portrait: Portrait) -> Future:
+        """Prepare without stalling the stream. Engines whose prepare is slow override this to
+        build in the background; here it is quick, so it runs at once."""
+        done: Future = Future()
+        try:
+            self.prepare(portrait)
+            done.set_result(None)
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
         """The output picture (H x W x 3 uint8 BGR, the portrait's size). None target: at rest."""
