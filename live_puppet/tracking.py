@@ -166,6 +166,19 @@ class Tracker:
         return max(faces, key=lambda f: f.face_size())
 
 
+def _expressive_points() -> np.ndarray:
+    """Points that move with expression fast and far: lips, eyelids, irises, jaw line."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
+
+    from live_puppet import face_mesh as fm
+
+    parts = (C.FACE_LANDMARKS_LIPS, C.FACE_LANDMARKS_LEFT_EYE, C.FACE_LANDMARKS_RIGHT_EYE,
+             C.FACE_LANDMARKS_LEFT_IRIS, C.FACE_LANDMARKS_RIGHT_IRIS)
+    idx = {v for part in parts for c in part for v in (c.start, c.end)}
+    idx |= set(fm.FACE_OVAL[11:26].tolist())  # the jaw line, ear to ear under the chin
+    return np.array(sorted(idx))
+
+
 class FlowStabilizer:
     """Steadies a stream of landmarks with optical flow (Lucas-Kanade) between frames.
 
@@ -174,12 +187,20 @@ class FlowStabilizer:
     into a swimming portrait. Flow follows the pixels precisely over short spans but drifts over
     long ones; MediaPipe has no drift. So each point is predicted by flow and pulled towards
     MediaPipe's estimate: gently when they agree, at once when they disagree by much (fast motion,
-    a mouth opening, a flow failure).
+    a flow failure). Lips, eyelids, irises and the jaw line follow MediaPipe almost at once (flow
+    loses them when a mouth opens or an eye blinks), placed by the steadied head: MediaPipe's mesh
+    is first moved by the similarity that carries its rigid points onto the steadied ones.
     """
 
-    def __init__(self, pull: float = 0.01, agree: float = 0.15, window: int = 21, levels: int = 3):
-        self.pull = pull  # share of MediaPipe's estimate taken per frame when it agrees with flow
+    def __init__(self, pull: float = 0.01, agree: float = 0.15, expressive_pull: float = 0.7,
+                 window: int = 21, levels: int = 3):
+        from live_puppet.calibration import RIGID_POINTS
+
+        self.rigid = RIGID_POINTS
         self.agree = agree  # disagreement (fraction of face size) at which MediaPipe wins outright
+        # Share of MediaPipe's estimate taken per frame when it agrees with the flow, per point.
+        self.pull = np.full((478, 1), pull, np.float32)
+        self.pull[_expressive_points()] = expressive_pull
         self._lk = dict(winSize=(window, window), maxLevel=levels,
                         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
         self._gray: np.ndarray | None = None
@@ -189,20 +210,28 @@ class FlowStabilizer:
         self._gray = self._points = None
 
     def __call__(self, image_bgr: np.ndarray, face: FaceState | None) -> FaceState | None:
+        from live_puppet.calibration import umeyama
+
         if face is None:
             self.reset()
             return None
         gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
         measured = face.landmarks[:, :2].astype(np.float32)
-        if self._gray is None or self._gray.shape != gray.shape:
+        if self._gray is None or self._gray.shape != gray.shape or len(measured) != len(self.pull):
             self._gray, self._points = gray, measured
             return face
         flowed, status, _ = cv2.calcOpticalFlowPyrLK(self._gray, gray, self._points, None, **self._lk)
         ok = status.ravel() == 1
         predicted = np.where(ok[:, None], flowed, measured)
-        gap = np.linalg.norm(measured - predicted, axis=1) / (self.agree * max(face.face_size(), 1.0))
-        weight = np.clip(self.pull + (1 - self.pull) * gap ** 2, self.pull, 1.0)[:, None]
-        steady = (predicted + weight * (measured - predicted)).astype(np.float32)
+        # MediaPipe's mesh, moved onto where the flow says the head is.
+        r, s, t = umeyama(measured[self.rigid].astype(np.float64), predicted[self.rigid].astype(np.float64))
+        placed = (measured @ (s * r).T + t).astype(np.float32)
+        expressive = self.pull > 0.5
+        target = np.where(expressive, placed, measured)
+        gap = np.linalg.norm(target - predicted, axis=1, keepdims=True)
+        gap /= self.agree * max(face.face_size(), 1.0)
+        weight = np.clip(self.pull + (1 - self.pull) * gap ** 2, self.pull, 1.0)
+        steady = (predicted + weight * (target - predicted)).astype(np.float32)
         self._gray, self._points = gray, steady
         landmarks = face.landmarks.copy()
         landmarks[:, :2] = steady

@@ -27,6 +27,7 @@ from live_puppet.types import Portrait, Target
 class WarpSettings:
     grid_step: int = 8  # coarse grid spacing in pixels (the map is interpolated between)
     head_ring: float = 1.45  # ring following the head, as a multiple of the face oval's radius
+    head_ring_chin: float = 1.12  # the same ring under the chin (the neck stays still)
     still_ring: float = 2.4  # ring that stays still, same unit
     border_points: int = 8  # fixed points per image side
 
@@ -53,10 +54,15 @@ class _MouthStyle:
     rest_opening: float  # the portrait's own opening (inner-lip gap / mouth width)
 
 
-def _ring(landmarks_xy: np.ndarray, factor: float) -> np.ndarray:
+def _ring(landmarks_xy: np.ndarray, factor: float, chin_factor: float | None = None) -> np.ndarray:
+    """The face oval grown by `factor` about its centre; below the centre the growth blends to
+    `chin_factor` (a head ring hugs the chin so the neck and collar stay still)."""
     oval = landmarks_xy[fm.FACE_OVAL]
     center = oval.mean(0)
-    return center + (oval - center) * factor
+    if chin_factor is None:
+        return center + (oval - center) * factor
+    below = np.clip((oval[:, 1] - center[1]) / (np.ptp(oval[:, 1]) / 2 + 1e-6), 0, 1)[:, None]
+    return center + (oval - center) * (factor + (chin_factor - factor) * below)
 
 
 def _mouth_style(image: np.ndarray, xy: np.ndarray) -> _MouthStyle:
@@ -84,7 +90,7 @@ class WarpEngine(Engine):
         s = self.settings
         h, w = portrait.image.shape[:2]
         xy = portrait.face.xy.astype(np.float32)
-        head = _ring(xy, s.head_ring)
+        head = _ring(xy, s.head_ring, s.head_ring_chin)
         still = _ring(xy, s.still_ring)
         n = s.border_points
         t = np.linspace(0, 1, n + 1)[:-1]
@@ -195,10 +201,10 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     mask = np.zeros((y1 - y0, x1 - x0), np.float32)
     cv2.fillPoly(mask, [np.round(local * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, gap * 0.06))
-    # Teeth: a band under the upper lip, a fifth of the opening tall, fading downwards.
+    # Teeth: a band under the upper lip, about 40% of the opening tall, fading downwards.
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
     upper_y = xy[fm.UPPER_INNER_LIP, 1]
-    teeth_w = np.clip(1 - (ys - upper_y) / max(gap * 0.28, 1.0), 0, 1) * 0.7
+    teeth_w = np.clip(1.4 - (ys - upper_y) / max(gap * 0.4, 1.0), 0, 1) * 0.8
     colour = style.cavity[None, None, :] * (1 - teeth_w[..., None]) + style.teeth * teeth_w[..., None]
     alpha = (mask * strength)[..., None]
     region = out[y0:y1, x0:x1].astype(np.float32)
