@@ -81,7 +81,7 @@ class RetargetSettings:
     max_rotation_deg: float = 35.0  # head rotation limit relative to the neutral
     max_scale_change: float = 0.25  # head scale limited to 1 ± this
     max_translation: float = 0.35  # head translation limit, as a fraction of the face box
-    smoothing_min_cutoff: float = 1.5  # 1€ filter on driver landmarks (Hz); lower = smoother
+    smoothing_min_cutoff: float = 4.0  # 1€ filter on driver landmarks (Hz); lower = smoother
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
 
 

@@ -7,7 +7,9 @@ MediaPipe model storage (progress bar, sha256 checked).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -85,6 +87,26 @@ def _download(dest: Path) -> Path:
     return Path(fetched)
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hide what MediaPipe's C++ side prints while it starts (graph and delegate chatter)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            sys.stderr.flush()
+            os.dup2(devnull.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class Tracker:
     """One MediaPipe FaceLandmarker; use as a context manager so it is always closed.
 
@@ -111,12 +133,14 @@ class Tracker:
             output_facial_transformation_matrixes=True,
         )
         try:
-            self._landmarker = vision.FaceLandmarker.create_from_options(options)
+            with _quiet_native_stderr():
+                self._landmarker = vision.FaceLandmarker.create_from_options(options)
         except Exception:
             raise UserError(f"'{model_path}' could not be loaded as a MediaPipe face landmarker "
                             f"model; delete it and run again to download a fresh copy, or pass "
                             f"a good face_landmarker.task to --landmarker-model.") from None
         self._last_ts = -1
+        self._warm = False
 
     def __enter__(self) -> "Tracker":
         return self
@@ -135,13 +159,16 @@ class Tracker:
             raise RuntimeError("tracker is closed")
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        if self.mode == "video":
-            ts = int(timestamp_ms if timestamp_ms is not None else self._last_ts + 33)
-            ts = max(ts, self._last_ts + 1)  # MediaPipe insists on strictly increasing timestamps
-            self._last_ts = ts
-            result = self._landmarker.detect_for_video(image, ts)
-        else:
-            result = self._landmarker.detect(image)
+        quiet = contextlib.nullcontext() if self._warm else _quiet_native_stderr()
+        with quiet:  # the first call prints delegate chatter too
+            if self.mode == "video":
+                ts = int(timestamp_ms if timestamp_ms is not None else self._last_ts + 33)
+                ts = max(ts, self._last_ts + 1)  # MediaPipe insists on strictly increasing timestamps
+                self._last_ts = ts
+                result = self._landmarker.detect_for_video(image, ts)
+            else:
+                result = self._landmarker.detect(image)
+        self._warm = True
         h, w = image_bgr.shape[:2]
         faces = []
         for i, lms in enumerate(result.face_landmarks):
