@@ -219,7 +219,7 @@ class FlowStabilizer:
     is first moved by the similarity that carries its rigid points onto the steadied ones.
     """
 
-    def __init__(self, pull: float = 0.01, agree: float = 0.15, expressive_pull: float = 0.7,
+    def __init__(self, pull: float = 0.003, agree: float = 0.35, expressive_pull: float = 0.7,
                  window: int = 21, levels: int = 3):
         from live_puppet.calibration import RIGID_POINTS
 
