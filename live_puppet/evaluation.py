@@ -679,13 +679,18 @@ def eval_config(task: EvalTask, portrait: Path, clip: ClipInfo, options: EvalOpt
     """The run configuration of an evaluation: the clip as source, headless, every frame in order."""
     from live_puppet.config import RunConfig
 
-    size = (clip.width, clip.height) if task.portrait is None else options.size
+    self_reenactment = task.portrait is None
+    size = (clip.width, clip.height) if self_reenactment else options.size
+    # In self-reenactment the portrait *is* the clip's first frame, so that frame is the driver's
+    # neutral (motion relative to the source frame, as in the literature); cross-reenactment
+    # calibrates as `run` does.
+    neutral = dict(neutral_frames=1, neutral_refine_frames=0) if self_reenactment else {}
     return RunConfig(portrait=portrait, source=str(clip.path), realtime=False, loop=False,
                      landmarker_model=options.landmarker_model, engine=task.engine,
                      checkpoint=options.checkpoint, backend=options.backend, size=size,
                      max_side=options.max_side, expression_gain=options.expression_gain,
                      vcam=False, preview=False, record=None, max_frames=max_frames,
-                     engine_dir=options.engine_dir)
+                     engine_dir=options.engine_dir, **neutral)
 
 
 def run_eval_task(task: EvalTask, options: EvalOptions) -> PairResult:
