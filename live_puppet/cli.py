@@ -35,14 +35,22 @@ def parse_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size like 1280x720") from None
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
-        if value <= 0:
-            raise ValueError
-        return value
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a positive whole number") from None
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool = True) -> None:

@@ -50,19 +50,13 @@ def user_cache_dir() -> Path:
 
 def resolve_landmarker_model(explicit: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The path of face_landmarker.task, downloading it into the user cache on first use."""
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise UserError(f"The landmarker model '{path}' does not exist; pass the path of a "
-                            f"face_landmarker.task file to --landmarker-model.")
-        return path
-    env = os.environ.get(ENV_VAR)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise UserError(f"{ENV_VAR} points to '{path}', which does not exist; set it to the "
-                            f"path of face_landmarker.task or unset it.")
-        return path
+    for given, where in ((explicit, "--landmarker-model"), (os.environ.get(ENV_VAR), ENV_VAR)):
+        if given:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise UserError(f"The landmarker model '{path}' given by {where} does not exist; "
+                                f"give the path of a face_landmarker.task file.")
+            return path
     cached = user_cache_dir() / MODEL_FILENAME
     if cached.is_file():
         return cached

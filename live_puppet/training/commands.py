@@ -11,26 +11,6 @@ from pathlib import Path
 
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
     from live_puppet.training.prepare import prepare_dataset
 
@@ -71,6 +51,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
+    from live_puppet.cli import non_negative_int as _non_negative, positive_int as _positive
+
     """Add `prepare`, `train` and `finetune` to an argparse subparsers object."""
     p = subparsers.add_parser(
         "prepare", help="cache face crops, landmarks and sketches of a folder of videos",
