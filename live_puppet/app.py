@@ -161,7 +161,9 @@ class App:
                 print(hotkey_help(), flush=True)
             except UserError as err:
                 if not self.sinks:
-                    raise
+                    raise UserError(f"{err} With no virtual camera either there is nowhere to show "
+                                    f"the puppet; set up the virtual camera (see the README) or "
+                                    f"pass --record FILE.") from None
                 warn(f"{err} Continuing without it.")
 
     # -- hotkeys ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ once, in order.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -37,6 +38,16 @@ class Source:
         pass
 
 
+@contextlib.contextmanager
+def _opencv_quiet():
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 class CameraSource(Source):
     """A webcam by index. A camera that stops delivering is reopened with back-off."""
 
@@ -56,7 +67,8 @@ class CameraSource(Source):
                             f"use by another program, or pass --source VIDEO to drive from a file.")
 
     def _open(self):
-        cap = cv2.VideoCapture(self.index)
+        with _opencv_quiet():  # OpenCV logs every backend it tries; our own message says it once
+            cap = cv2.VideoCapture(self.index)
         if not cap.isOpened():
             cap.release()
             return None

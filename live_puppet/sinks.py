@@ -6,6 +6,7 @@ in one line and is dropped; the others keep running. The recorder is always fina
 
 from __future__ import annotations
 
+import os
 import platform
 import queue
 import sys
@@ -123,6 +124,14 @@ class VirtualCameraSink(Sink):
         self.cam.close()
 
 
+def display_available() -> bool:
+    """Whether a window can be opened (on Linux: an X11 or Wayland display, or Qt offscreen)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                or os.environ.get("QT_QPA_PLATFORM") in ("offscreen", "minimal"))
+
+
 @register_sink("preview")
 class PreviewSink(Sink):
     """An OpenCV window with an overlay; reports the keys pressed (the app maps them to actions)."""
@@ -133,6 +142,9 @@ class PreviewSink(Sink):
     def __init__(self, show_landmarks: bool = False, show_fps: bool = True):
         self.show_landmarks = show_landmarks
         self.show_fps = show_fps
+        if not display_available():  # Qt would abort the whole process, not raise
+            raise UserError("No display is available for the preview window; pass --no-preview "
+                            "to run headless.")
         try:
             cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO)
         except cv2.error:

@@ -49,3 +49,16 @@ def test_no_virtual_camera_device_gives_the_setup_command():
     pyvirtualcam.register_backend("broken", Broken)
     with pytest.raises(UserError, match="(v4l2loopback|OBS)"):
         VirtualCameraSink((320, 240), 30, backend="broken")
+
+
+def test_preview_without_a_display_says_so_instead_of_aborting(monkeypatch):
+    import sys
+
+    from live_puppet.sinks import PreviewSink
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("display detection is Linux-specific")
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UserError, match="--no-preview"):
+        PreviewSink()
