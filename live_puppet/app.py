@@ -259,13 +259,14 @@ class App:
                 self._work.put(item, timeout=0.1)
                 return
             except queue.Full:
-                if self.stop_requested.is_set() and not force:
+                if not self.stop_requested.is_set():
+                    continue  # the render thread is still taking frames: never drop one
+                if not force:
                     return
-                if force:  # make room for the end marker
-                    try:
-                        self._work.get_nowait()
-                    except queue.Empty:
-                        pass
+                try:  # it has stopped: make room for the end marker
+                    self._work.get_nowait()
+                except queue.Empty:
+                    pass
 
     def _render_step(self, work: "_Work") -> None:
         self._adopt_pending()
@@ -354,6 +355,7 @@ class App:
 
     def _shutdown(self) -> None:
         """Stop capture, finalize the recording and close everything, whatever happened."""
+        self.stop_requested.set()  # also after an error: the tracking thread must not wait on us
         capture = getattr(self, "capture", None)
         if capture is not None:
             capture.stop()

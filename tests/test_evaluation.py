@@ -209,6 +209,47 @@ def test_bench_measures_each_configuration_in_its_own_process(tmp_path, landmark
     assert result["fps"] > 0 and result["peak_rss_mb"] > 50
 
 
+def test_a_slow_render_still_sees_every_frame_of_a_file(tmp_path, landmarker_model):
+    """Evaluation needs every frame: the app's end-of-stream marker must not push out the last ones."""
+    import time
+
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.render.base import ENGINES, Engine
+
+    class SlowEngine(Engine):
+        def __init__(self, **_):
+            pass
+
+        def render(self, portrait, target):
+            time.sleep(0.3)  # slower than the tracker: the hand-over queue is full at the end
+            return portrait.image
+
+    class Indices(ev.Sink):
+        wants_canvas = True
+
+        def __init__(self):
+            self.seen = []
+
+        def send(self, image, info):
+            self.seen.append(info.index)
+
+    clip = need(DRIVING / "d0.mp4")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    with av.open(str(clip)) as c:
+        for i, frame in zip(range(6), c.decode(video=0)):
+            cv2.imwrite(str(frames / f"{i:03d}.png"), frame.to_ndarray(format="bgr24"))
+    sink = Indices()
+    ENGINES["slow_test"] = SlowEngine
+    try:
+        App(RunConfig(portrait=frames / "000.png", source=str(frames), realtime=False,
+                      engine="slow_test", vcam=False, preview=False), extra_sinks=[sink]).run()
+    finally:
+        del ENGINES["slow_test"]
+    assert sink.seen == [0, 1, 2, 3, 4, 5]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--portrait", "p.jpg"], "--driving"),
     (["eval", "--self", "missing.mp4"], "does not exist"),
