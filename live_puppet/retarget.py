@@ -148,10 +148,6 @@ class Retargeter:
         self._picker.reset()
         self._filter.reset()
 
-    def set_neutral(self, faces: list[FaceState]) -> None:
-        """Make the average of these faces the neutral reference."""
-        self._adopt(Neutral.from_faces(faces))
-
     def _adopt(self, neutral: Neutral) -> None:
         self.neutral = neutral
         if self.on_neutral is not None:
