@@ -53,6 +53,20 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def add_canvas_arguments(p: argparse.ArgumentParser) -> None:
+    """--size / --max-side: the output canvas (engines are built for it)."""
+    p.add_argument("--size", type=parse_size, help="output canvas WxH (default: the portrait's "
+                   "own frame, long side capped at 1024)")
+    p.add_argument("--max-side", type=positive_int, default=1024,
+                   help="cap on the canvas's long side when --size is not given")
+
+
+def add_landmarker_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--landmarker-model", type=Path,
+                   help="path of face_landmarker.task (default: $LIVE_PUPPET_LANDMARKER, the user "
+                        "cache, or a download on first use)")
+
+
 def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool = True) -> None:
     """Arguments shared by run, eval and bench: what to animate and how."""
     if portrait_required:
@@ -65,15 +79,10 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
                    help="neural engine inference backend (auto: the fastest present)")
     p.add_argument("--engine-dir", type=Path, default=Path("engines"),
                    help="folder of compiled neural engines (default: engines/)")
-    p.add_argument("--size", type=parse_size, help="output canvas WxH (default: the portrait's "
-                   "own frame, long side capped at 1024)")
-    p.add_argument("--max-side", type=positive_int, default=1024,
-                   help="cap on the canvas's long side when --size is not given")
+    add_canvas_arguments(p)
     p.add_argument("--expression-gain", type=float, default=1.0,
                    help="multiplier on transferred expression (hotkeys +/-)")
-    p.add_argument("--landmarker-model", type=Path,
-                   help="path of face_landmarker.task (default: $LIVE_PUPPET_LANDMARKER, the user "
-                        "cache, or a download on first use)")
+    add_landmarker_argument(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

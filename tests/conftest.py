@@ -57,6 +57,14 @@ def astronaut_portrait(astronaut, image_tracker, tmp_path_factory):
     return load_portrait(path, image_tracker)
 
 
+def tiny_model_config():
+    """A generator/embedder small enough for CPU tests (imports torch only when asked)."""
+    from live_puppet.model import ModelConfig
+
+    return ModelConfig(image_size=32, base_channels=8, max_channels=16, embed_dim=16,
+                       generator_down_blocks=2, generator_res_blocks=1, attention_resolution=16)
+
+
 class FakeCamera:
     """An in-memory pyvirtualcam backend: keeps what it is sent."""
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_model_config
 from live_puppet.backends import (BACKEND_CHOICES, backend_class, create_backend, resolve_backend)
 from live_puppet.backends.folding import fold_generator
 from live_puppet.backends.tensorrt_backend import export_program, op_names, program_problems
@@ -19,8 +20,7 @@ HAS_TRT = importlib.util.find_spec("torch_tensorrt") is not None and torch.cuda.
 
 
 def tiny_config() -> ModelConfig:
-    return ModelConfig(image_size=32, base_channels=8, max_channels=16, embed_dim=16,
-                       generator_down_blocks=2, generator_res_blocks=1, attention_resolution=16)
+    return tiny_model_config()
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from conftest import tiny_model_config
 from live_puppet.backends.folding import (FoldedAdaIN, PortraitGenerator, compute_embedding,
                                           conv_then_avgpool, fold_generator, generator_flops,
                                           upsample_then_conv)
@@ -17,8 +18,7 @@ TOL = 1e-4
 
 
 def tiny_config() -> ModelConfig:
-    return ModelConfig(image_size=32, base_channels=8, max_channels=16, embed_dim=16,
-                       generator_down_blocks=2, generator_res_blocks=1, attention_resolution=16)
+    return tiny_model_config()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from live_puppet.backends import BACKEND_CHOICES
 
 def register(subparsers) -> None:
     """Add the build-engine subcommand to the CLI's subparsers."""
-    from live_puppet.cli import parse_size, positive_int
+    from live_puppet.cli import add_canvas_arguments, add_landmarker_argument
 
     p = subparsers.add_parser(
         "build-engine", help="compile a portrait's neural engine ahead of time (engines/ cache)",
@@ -31,13 +31,8 @@ def register(subparsers) -> None:
                         "torch-compile")
     p.add_argument("--engine-dir", type=Path, default=Path("engines"),
                    help="folder of compiled engines (default: engines/)")
-    p.add_argument("--landmarker-model", type=Path,
-                   help="path of face_landmarker.task (default: $LIVE_PUPPET_LANDMARKER, the user "
-                        "cache, or a download on first use)")
-    p.add_argument("--size", type=parse_size,
-                   help="output canvas WxH, as given to run (the engine depends on it)")
-    p.add_argument("--max-side", type=positive_int, default=1024,
-                   help="cap on the canvas's long side when --size is not given, as given to run")
+    add_landmarker_argument(p)
+    add_canvas_arguments(p)  # as given to run: the engine depends on the canvas
     p.add_argument("--calibration-clip", type=Path,
                    help="onnxruntime-int8 only: a driving clip whose sketches calibrate INT8 "
                         "(written once under --calibration-dir)")
