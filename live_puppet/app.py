@@ -101,7 +101,9 @@ class App:
 
     def _make_retargeter(self) -> Retargeter:
         c = self.config
-        settings = RetargetSettings(expression_gain=c.expression_gain, neutral_frames=c.neutral_frames,
+        gains = {f"{name}_gain": value for name, value in c.feature_gains.items()}
+        settings = RetargetSettings(expression_gain=c.expression_gain, **gains,
+                                    neutral_frames=c.neutral_frames,
                                     neutral_keep=min(3, c.neutral_frames),
                                     neutral_refine_frames=c.neutral_refine_frames)
         if not c.calibration:

@@ -82,7 +82,29 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
     add_canvas_arguments(p)
     p.add_argument("--expression-gain", type=float, default=1.0,
                    help="multiplier on transferred expression (hotkeys +/-)")
+    p.add_argument("--feature-gain", dest="feature_gains", type=feature_gain, action="append",
+                   default=[], metavar="FEATURE=GAIN",
+                   help="extra multiplier on one feature's motion, fading out around it: "
+                        "brow, mouth, jaw or eye (eye: how far blinks close); repeatable, "
+                        "e.g. --feature-gain brow=1.3")
     add_landmarker_argument(p)
+
+
+FEATURES = ("brow", "mouth", "jaw", "eye")
+
+
+def feature_gain(text: str) -> tuple[str, float]:
+    """"brow=1.3" -> ("brow", 1.3)."""
+    name, _, value = text.partition("=")
+    try:
+        gain = float(value)
+        if name not in FEATURES or not 0.0 <= gain <= 3.0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not FEATURE=GAIN with FEATURE one of {', '.join(FEATURES)} and GAIN "
+            f"between 0 and 3") from None
+    return name, gain
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +157,8 @@ def config_from_args(args) -> "RunConfig":
         portrait=args.portrait, source=args.source, realtime=args.realtime, loop=args.loop,
         mirror=args.mirror, landmarker_model=args.landmarker_model, engine=args.engine,
         checkpoint=args.checkpoint, backend=args.backend, size=args.size, max_side=args.max_side,
-        expression_gain=args.expression_gain, vcam=args.vcam, vcam_size=args.vcam_size,
+        expression_gain=args.expression_gain, feature_gains=dict(args.feature_gains),
+        vcam=args.vcam, vcam_size=args.vcam_size,
         vcam_fps=args.vcam_fps, vcam_backend=args.vcam_backend, preview=args.preview,
         record=args.record, stats_json=args.stats_json, max_frames=args.max_frames,
         overlay_landmarks=args.show_landmarks, engine_dir=args.engine_dir,

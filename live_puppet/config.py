@@ -33,6 +33,8 @@ class RunConfig:
     max_side: int = 1024
     # Multiplier on transferred expression (1 = the driver's own amplitude).
     expression_gain: float = 1.0
+    # Extra multipliers per feature ("brow", "mouth", "jaw", "eye"), each fading out around it.
+    feature_gains: dict[str, float] = field(default_factory=dict)
     # The neutral (rest) face is chosen from this many first frames with a face (the calmest).
     neutral_frames: int = 5
     # Later frames in which a clearly calmer face replaces the neutral (0: never).

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
+from live_puppet.calibration import euler_angles, rotation_from_euler  # noqa: F401 (re-exported)
 from live_puppet.errors import UserError
 from live_puppet.sinks import FrameInfo, RecorderSink, Sink
 from live_puppet.types import FaceState
@@ -147,28 +148,6 @@ def score_image(output: np.ndarray, truth: np.ndarray, face_box: Box | None) -> 
 # ----------------------------------------------------------------------------------------------
 # Motion metrics
 # ----------------------------------------------------------------------------------------------
-
-def euler_angles(rotation: np.ndarray) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees of a rotation in image axes (x right, y down, z forward).
-
-    Decomposition R = Ry(yaw) · Rx(pitch) · Rz(roll): yaw turns about the vertical axis, pitch nods
-    about the horizontal one, roll tilts in the picture plane.
-    """
-    r = np.asarray(rotation, np.float64)
-    pitch = math.asin(float(np.clip(-r[1, 2], -1.0, 1.0)))
-    yaw = math.atan2(r[0, 2], r[2, 2])
-    roll = math.atan2(r[1, 0], r[1, 1])
-    return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
-
-
-def rotation_from_euler(yaw: float, pitch: float, roll: float) -> np.ndarray:
-    """The inverse of `euler_angles` (degrees in, 3 x 3 rotation out)."""
-    a, b, c = (math.radians(v) for v in (yaw, pitch, roll))
-    ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
-    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-    rz = np.array([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
-    return ry @ rx @ rz
-
 
 def head_angles(face: FaceState) -> tuple[float, float, float]:
     """The face's (yaw, pitch, roll) in degrees, from MediaPipe's facial transformation matrix."""

@@ -22,3 +22,14 @@ RIGHT_IRIS = np.array([468, 469, 470, 471, 472])  # centre first
 LEFT_IRIS = np.array([473, 474, 475, 476, 477])
 RIGHT_BROW = np.array([70, 63, 105, 66, 107, 55, 65, 52, 53, 46])
 LEFT_BROW = np.array([300, 293, 334, 296, 336, 285, 295, 282, 283, 276])
+
+
+def expressive_points() -> np.ndarray:
+    """Points that move with expression fast and far: lips, eyelids, irises, jaw line."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
+
+    parts = (C.FACE_LANDMARKS_LIPS, C.FACE_LANDMARKS_LEFT_EYE, C.FACE_LANDMARKS_RIGHT_EYE,
+             C.FACE_LANDMARKS_LEFT_IRIS, C.FACE_LANDMARKS_RIGHT_IRIS)
+    idx = {v for part in parts for c in part for v in (c.start, c.end)}
+    idx |= set(FACE_OVAL[11:26].tolist())  # the jaw line, ear to ear under the chin
+    return np.array(sorted(idx))

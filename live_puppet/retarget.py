@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from live_puppet import face_mesh as fm
-from live_puppet.calibration import (RIGID_POINTS, Neutral, NeutralPicker, matrix_rotation,
-                                     rigid_frame, umeyama)
+from live_puppet.calibration import (RIGID_POINTS, Neutral, NeutralPicker, euler_angles,
+                                     matrix_rotation, rigid_frame, rotation_from_euler, umeyama)
 from live_puppet.types import FaceState, Portrait, Target
 
 __all__ = ["Retargeter", "RetargetSettings", "OneEuroFilter", "clamp_rotation", "matrix_rotation",
@@ -39,7 +39,7 @@ def clamp_rotation(r: np.ndarray, max_degrees: float) -> np.ndarray:
 class OneEuroFilter:
     """The 1€ filter (Casiez et al. 2012) on an array: smooth when still, quick when moving."""
 
-    def __init__(self, min_cutoff: float = 1.0, beta: float = 0.05, d_cutoff: float = 1.0):
+    def __init__(self, min_cutoff: float | np.ndarray = 1.0, beta: float = 0.05, d_cutoff: float = 1.0):
         self.min_cutoff, self.beta, self.d_cutoff = min_cutoff, beta, d_cutoff
         self._x: np.ndarray | None = None
         self._dx: np.ndarray | None = None
@@ -75,13 +75,18 @@ class RetargetSettings:
 
     expression_gain: float = 1.0  # multiplier on expression offsets (hotkeys +/-)
     eye_gain: float = 1.0  # multiplier on eye closing (1: the driver's blink closes fully)
+    brow_gain: float = 1.0  # extra multiplier on the brows' offsets (fading out around them)
+    mouth_gain: float = 1.0  # extra multiplier on the lips' offsets (fading out around them)
+    jaw_gain: float = 1.0  # extra multiplier on the chin's offsets (fading out around it)
+    gain_falloff: float = 0.12  # how far a feature gain reaches, as a fraction of the face size
     neutral_frames: int = 5  # first frames with a face the neutral is chosen from (the calmest)
     neutral_keep: int = 3  # how many of the calmest are averaged
     neutral_refine_frames: int = 150  # later frames in which a clearly calmer face replaces it
     max_rotation_deg: float = 35.0  # head rotation limit relative to the neutral
     max_scale_change: float = 0.25  # head scale limited to 1 ± this
     max_translation: float = 0.35  # head translation limit, as a fraction of the face box
-    smoothing_min_cutoff: float = 4.0  # 1€ filter on driver landmarks (Hz); lower = smoother
+    smoothing_min_cutoff: float = 30.0  # 1€ filter on driver landmarks (Hz); lower = smoother
+    expressive_min_cutoff: float = 100.0  # the same for lids, lips, irises and jaw (blinks are fast)
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
 
 
@@ -92,6 +97,30 @@ _LID_PAIRS = {
     "left": (np.array([466, 388, 387, 386, 385, 384, 398]), np.array([249, 390, 373, 374, 380, 381, 382]),
              (263, 362), fm.LEFT_IRIS),
 }
+
+
+# The points each feature gain is centred on.
+_GAIN_FEATURES = {
+    "brow_gain": np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW]),
+    "mouth_gain": np.concatenate([fm.OUTER_LIPS, fm.INNER_LIPS]),
+    "jaw_gain": fm.FACE_OVAL[14:23],  # the chin, between the jaw's corners
+}
+
+
+def feature_gains(landmarks: np.ndarray, settings: RetargetSettings) -> np.ndarray:
+    """A gain per landmark: each feature's gain on its own points, fading smoothly (Gaussian in
+    the distance to the feature, `gain_falloff` face sizes) to 1 away from it, so neighbouring
+    points never pull apart."""
+    xy = np.asarray(landmarks, np.float64)[:, :2]
+    size = float(np.ptp(xy, axis=0).max()) or 1.0
+    gains = np.ones(len(xy))
+    for name, points in _GAIN_FEATURES.items():
+        g = getattr(settings, name)
+        if g == 1.0:
+            continue
+        dist = np.linalg.norm(xy[:, None, :] - xy[None, points, :], axis=2).min(1) / size
+        gains += (g - 1.0) * np.exp(-0.5 * (dist / settings.gain_falloff) ** 2)
+    return gains
 
 
 def eye_openness(landmarks: np.ndarray, eye: str) -> float:
@@ -134,7 +163,9 @@ class Retargeter:
         self.on_neutral = on_neutral
         self._picker = NeutralPicker(window=s.neutral_frames, keep=min(s.neutral_keep, s.neutral_frames),
                                      refine_frames=0 if stored_shape is not None else s.neutral_refine_frames)
-        self._filter = OneEuroFilter(s.smoothing_min_cutoff, s.smoothing_beta)
+        cutoff = np.full((478, 1), s.smoothing_min_cutoff)
+        cutoff[fm.expressive_points()] = s.expressive_min_cutoff
+        self._filter = OneEuroFilter(cutoff, s.smoothing_beta)
         self._portrait_id: int | None = None
         self._p_center = np.zeros(3)
         self._p_size = 1.0
@@ -177,6 +208,24 @@ class Retargeter:
         self._p_center, self._p_size = rigid_frame(portrait.face.landmarks)
         self._p_rotation = matrix_rotation(portrait.face.matrix)
         self._p_open = {eye: eye_openness(portrait.face.landmarks, eye) for eye in _LID_PAIRS}
+        self._p_gains = None  # per-landmark feature gains, computed on first use
+
+    def _gains(self, portrait: Portrait) -> np.ndarray:
+        s = self.settings
+        key = (s.brow_gain, s.mouth_gain, s.jaw_gain, s.gain_falloff)
+        if self._p_gains is None or self._p_gains[0] != key:
+            self._p_gains = (key, feature_gains(portrait.face.landmarks, s))
+        return self._p_gains[1]
+
+    def _portrait_turn(self, driver_now: np.ndarray, driver_neutral: np.ndarray) -> np.ndarray:
+        """The rotation (image axes) that turns the portrait's head as the driver's turned from
+        their neutral: yaw, pitch and roll offsets added to the portrait's own angles.
+
+        Applying the driver's rotation as it is would mix the axes on a portrait whose head is
+        already turned (a driver's nod would partly roll a three-quarter face)."""
+        now, rest = np.array(euler_angles(driver_now)), np.array(euler_angles(driver_neutral))
+        own = np.array(euler_angles(self._p_rotation))
+        return rotation_from_euler(*(own + (now - rest))) @ self._p_rotation.T
 
     # -- per frame -----------------------------------------------------------------------------
     def __call__(self, face: FaceState | None, portrait: Portrait, timestamp: float) -> Target | None:
@@ -198,7 +247,8 @@ class Retargeter:
         size_ratio = self._p_size / n.size
         to_portrait = self._p_rotation @ n.rotation.T
         rest = portrait.face.landmarks.astype(np.float64)
-        base = rest + (delta @ to_portrait.T) * size_ratio * s.expression_gain
+        gains = self._gains(portrait)[:, None] * s.expression_gain
+        base = rest + (delta @ to_portrait.T) * size_ratio * gains
         # Eyes: the driver's lid opening relative to their neutral, applied to the portrait's eye.
         for eye in _LID_PAIRS:
             ratio = eye_openness(undone, eye) / max(eye_openness(n.landmarks, eye), 1e-3)
@@ -207,7 +257,8 @@ class Retargeter:
                 continue
             set_eye_opening(base, rest, eye, fraction)
 
-        r = clamp_rotation(r, s.max_rotation_deg)
+        turn = self._portrait_turn(r @ n.rotation, n.rotation)
+        turn = clamp_rotation(turn, s.max_rotation_deg)
         scale = float(np.clip(scale, 1 - s.max_scale_change, 1 + s.max_scale_change))
         move = (r @ n.center * scale + t) - n.center  # how the neutral's centre moved
         move = move * size_ratio
@@ -216,7 +267,7 @@ class Retargeter:
         move[2] = 0.0
 
         center = self._p_center
-        landmarks = center + scale * (base - center) @ r.T + move
-        return Target(landmarks=landmarks.astype(np.float32), rotation=r.astype(np.float32),
+        landmarks = center + scale * (base - center) @ turn.T + move
+        return Target(landmarks=landmarks.astype(np.float32), rotation=turn.astype(np.float32),
                       scale=scale, translation=move.astype(np.float32),
                       center=center.astype(np.float32), blendshapes=dict(face.blendshapes))

@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from live_puppet import face_mesh as fm
 from live_puppet.errors import UserError
 from live_puppet.types import NUM_LANDMARKS, FaceState
 
@@ -187,19 +188,6 @@ class Tracker:
         return max(faces, key=lambda f: f.face_size())
 
 
-def _expressive_points() -> np.ndarray:
-    """Points that move with expression fast and far: lips, eyelids, irises, jaw line."""
-    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
-
-    from live_puppet import face_mesh as fm
-
-    parts = (C.FACE_LANDMARKS_LIPS, C.FACE_LANDMARKS_LEFT_EYE, C.FACE_LANDMARKS_RIGHT_EYE,
-             C.FACE_LANDMARKS_LEFT_IRIS, C.FACE_LANDMARKS_RIGHT_IRIS)
-    idx = {v for part in parts for c in part for v in (c.start, c.end)}
-    idx |= set(fm.FACE_OVAL[11:26].tolist())  # the jaw line, ear to ear under the chin
-    return np.array(sorted(idx))
-
-
 class FlowStabilizer:
     """Steadies a stream of landmarks with optical flow (Lucas-Kanade) between frames.
 
@@ -221,7 +209,7 @@ class FlowStabilizer:
         self.agree = agree  # disagreement (fraction of face size) at which MediaPipe wins outright
         # Share of MediaPipe's estimate taken per frame when it agrees with the flow, per point.
         self.pull = np.full((478, 1), pull, np.float32)
-        self.pull[_expressive_points()] = expressive_pull
+        self.pull[fm.expressive_points()] = expressive_pull
         self._lk = dict(winSize=(window, window), maxLevel=levels,
                         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
         self._gray: np.ndarray | None = None

@@ -92,6 +92,19 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
     cv2.imwrite(str(face), astronaut)
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(tmp_path / "gone.mp4"),
                                   "--no-vcam", "--no-preview"), "does not exist")
+    bad_gain = run_cli("--portrait", str(face), "--feature-gain", "nose=2")
+    assert bad_gain.returncode == 2 and "Traceback" not in bad_gain.stderr
+    assert "'nose=2' is not FEATURE=GAIN" in bad_gain.stderr.splitlines()[-1]
+
+
+def test_feature_gains_reach_the_retargeter():
+    from live_puppet.app import App
+    from live_puppet.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--portrait", "p.jpg", "--feature-gain", "brow=1.4",
+                                      "--feature-gain", "eye=0.8"])
+    settings = App._make_retargeter(type("Stub", (), {"config": config_from_args(args)})()).settings
+    assert (settings.brow_gain, settings.eye_gain, settings.mouth_gain) == (1.4, 0.8, 1.0)
 
 
 def test_sigint_mid_run_leaves_a_playable_recording(tmp_path, landmarker_model):

@@ -44,7 +44,8 @@ def drive(retargeter, portrait, faces):
 
 
 def settings():
-    return RetargetSettings(neutral_frames=3, smoothing_min_cutoff=1e6)  # no smoothing in these tests
+    # No smoothing in these tests.
+    return RetargetSettings(neutral_frames=3, smoothing_min_cutoff=1e6, expressive_min_cutoff=1e6)
 
 
 def test_matrix_rotation_round_trips_through_the_gl_axes():
@@ -81,6 +82,63 @@ def test_open_mouth_and_head_turn_are_carried_over(astronaut_portrait):
     angle = np.degrees(np.linalg.norm(cv2.Rodrigues(target.rotation.astype(np.float64))[0]))
     assert angle == pytest.approx(20, abs=0.5)
     assert abs(target.landmarks[fm.UPPER_INNER_LIP, 1] - p[fm.UPPER_INNER_LIP, 1]) < 0.05 * portrait_h
+
+
+def test_a_turned_portrait_nods_about_its_own_angles(astronaut_portrait):
+    """A driver's nod makes a three-quarter portrait nod too, not roll: the driver's yaw, pitch and
+    roll changes are added to the portrait's own angles."""
+    from dataclasses import replace
+
+    from live_puppet.calibration import euler_angles
+
+    own = rot(35)  # the portrait looks 35 degrees to the side
+    turned_face = face_from(astronaut_portrait.face.landmarks.astype(np.float64), own)
+    portrait = replace(astronaut_portrait, face=turned_face)
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64) * 0.8 + [40, 10, 0]
+    rt = Retargeter(settings())
+    drive(rt, portrait, [face_from(neutral)] * 3)
+    c = neutral.mean(0)
+    nod = rot(0, 12)
+    target = rt(face_from((neutral - c) @ nod.T + c, nod), portrait, 1.0)
+    yaw, pitch, roll = euler_angles(target.rotation.astype(np.float64) @ own)
+    assert (yaw, pitch, roll) == pytest.approx((35, 12, 0), abs=0.5)
+    # Applied as it is, the same nod would have tilted her head in the picture (roll).
+    assert abs(euler_angles(nod @ own)[2]) > 5
+
+
+def test_feature_gains_scale_one_feature_and_fade_out_around_it(astronaut_portrait):
+    from live_puppet.retarget import feature_gains
+
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64)
+    raised = neutral.copy()
+    brows = np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW])
+    raised[brows, 1] -= 6  # the driver raises the brows by 6 px
+    moved = {}
+    for gain in (1.0, 2.0):
+        rt = Retargeter(RetargetSettings(neutral_frames=3, smoothing_min_cutoff=1e6,
+                                         expressive_min_cutoff=1e6, brow_gain=gain))
+        drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+        target = rt(face_from(raised), astronaut_portrait, 1.0)
+        moved[gain] = astronaut_portrait.face.landmarks[brows, 1] - target.landmarks[brows, 1]
+    assert moved[2.0].mean() == pytest.approx(2 * moved[1.0].mean(), rel=0.05)
+    gains = feature_gains(neutral, RetargetSettings(brow_gain=2.0))
+    assert gains[brows].min() > 1.95 and gains[152] == pytest.approx(1.0, abs=0.01)  # the chin
+    assert 1.0 < gains[1] < 2.0  # the nose tip, between: a smooth fade, no seam
+
+
+def test_a_quick_blink_is_not_smoothed_away(astronaut_portrait):
+    """With the default smoothing, a lid that shuts in one frame shuts the portrait's lid in that
+    frame (a 4 Hz filter on every point closed it only about halfway)."""
+    from live_puppet.retarget import eye_openness
+
+    rt = Retargeter(RetargetSettings(neutral_frames=3))
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64)
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 10)
+    closed = neutral.copy()
+    closed[[246, 161, 160, 159, 158, 157, 173]] = closed[[7, 163, 144, 145, 153, 154, 155]]
+    target = rt(face_from(closed), astronaut_portrait, 10 / 30)
+    rest = eye_openness(astronaut_portrait.face.landmarks, "right")
+    assert eye_openness(target.landmarks, "right") < 0.15 * rest
 
 
 def test_retake_neutral_uses_the_next_frames(astronaut_portrait):
@@ -131,7 +189,8 @@ def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_p
     smiling = base.copy()
     smiling[[61, 291], 1] -= 8
     saved = []
-    rt = Retargeter(RetargetSettings(neutral_frames=4, neutral_keep=1, smoothing_min_cutoff=1e6),
+    rt = Retargeter(RetargetSettings(neutral_frames=4, neutral_keep=1, smoothing_min_cutoff=1e6,
+                                     expressive_min_cutoff=1e6),
                     on_neutral=saved.append)
     frames = [face_from(smiling, blend={"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9})] * 3
     frames.append(face_from(base, blend={"mouthSmileLeft": 0.0}))
