@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from conftest import tiny_model_config
-from live_puppet.backends.folding import (FoldedAdaIN, PortraitGenerator, compute_embedding,
-                                          conv_then_avgpool, fold_generator, generator_flops,
+from live_puppet.backends.folding import (FoldedAdaIN, PolyphaseUpConv, PortraitGenerator,
+                                          compute_embedding, conv_then_avgpool, fold_generator,
+                                          generator_flops, polyphase_upsampling,
                                           upsample_then_conv)
 from live_puppet.model import AdaIN, Embedder, Generator, ModelConfig
 from live_puppet.model.blocks import SelfAttention
@@ -115,6 +118,29 @@ def test_upsample_then_conv_is_exact():
         out = upsample_then_conv(conv)(x)
     assert out.shape == ref.shape
     assert (out - ref).abs().max() < 1e-5
+
+
+def test_polyphase_split_of_a_transposed_conv_is_exact():
+    torch.manual_seed(4)
+    up = upsample_then_conv(nn.Conv2d(5, 7, 3, padding=1))
+    x = torch.randn(2, 5, 6, 9)
+    with torch.no_grad():
+        out = PolyphaseUpConv(up)(x)
+        ref = up(x)
+    assert out.shape == ref.shape == (2, 7, 12, 18)
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_polyphase_generator_equals_the_folded_one_at_the_same_flops(model):
+    cfg, g, _ = model
+    folded = fold_generator(g, psi=torch.randn(1, g.psi_dim) * 0.3)
+    split = polyphase_upsampling(copy.deepcopy(folded))
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in split.modules())
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in folded.modules())  # copy, not in place
+    y = inputs(cfg, 2, 7)
+    with torch.no_grad():
+        assert (split(y) - folded(y)).abs().max() < TOL
+    assert generator_flops(split, cfg.image_size) == generator_flops(folded, cfg.image_size)
 
 
 def test_rewrites_cut_flops(model):

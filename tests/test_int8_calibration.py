@@ -10,6 +10,7 @@ from conftest import DRIVING, need
 from live_puppet.backends import create_backend
 from live_puppet.backends.calibration import CalibrationSet, write_calibration_set
 from live_puppet.backends.folding import fold_generator
+from live_puppet.backends.onnx_backend import runtime_op_counts
 from live_puppet.errors import UserError
 from live_puppet.model import Generator, ModelConfig
 
@@ -53,8 +54,25 @@ def test_int8_engine_is_quantized_and_close_to_fp32(calibration_dir, tmp_path):
     backend = create_backend("onnxruntime-int8", calibration_dir=calibration_dir)
     path = tmp_path / "g.int8.onnx"
     backend.export(folded, x, path)
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert "ConvTranspose" not in ops  # split into phase convs: ORT cannot quantize it
+    # uint8 activations, int8 weights with one scale per output channel
+    inits = {t.name: t for t in model.graph.initializer}
+    q_zero_points = [inits[n.input[2]].data_type for n in model.graph.node
+                     if n.op_type == "QuantizeLinear"]
+    assert q_zero_points and set(q_zero_points) == {onnx.TensorProto.UINT8}
+    weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert weights and all(list(inits[n.input[1]].dims) == [inits[n.input[0]].dims[0]]
+                           for n in weights)
+    # what ONNX Runtime runs: every convolution as a QLinearConv int8 kernel, none left in fp32
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in folded.modules()) + 4 * sum(
+        isinstance(m, torch.nn.ConvTranspose2d) for m in folded.modules())  # 1 -> 4 phase convs
+    kernels = runtime_op_counts(path)
+    assert kernels.get("QLinearConv") == convs
+    assert not {"Conv", "ConvTranspose", "FusedConv"} & set(kernels)
     out = backend.load(None, x, path)(x.numpy())
     with torch.no_grad():
         ref = folded(x).numpy()

@@ -12,6 +12,10 @@ At run time the portrait never changes, so everything that depends only on it is
      resolution;
    - nearest 2x upsampling then conv3x3 (upsampling blocks) = one stride-2 4x4 transposed conv.
    Together they remove about a third of the generator's FLOPs (see `generator_flops`).
+5. For runtimes without a fast (or any quantized) transposed convolution, `polyphase_upsampling`
+   splits each of those transposed convs into its four output phases: four 2x2 convolutions at the
+   low resolution (the same FLOPs), normalised together, then interleaved by a pixel shuffle.
+   ONNX Runtime's INT8 path needs it: it has no quantized ConvTranspose kernel.
 
 `fold_generator` returns a `PortraitGenerator(sketch) -> image` whose output equals the unfolded
 `Generator(sketch, ψ)` to float tolerance (tests/test_folding.py checks it).
@@ -125,18 +129,78 @@ class FoldedResBlockDown(nn.Module):
         return h + self.skip(F.avg_pool2d(x, 2))
 
 
+class PolyphaseUpConv(nn.Module):
+    """A stride-2, 4x4, padding-1 transposed conv as its four output phases.
+
+    Output pixel (2i+a, 2j+c) reads input rows {i-1, i} (a = 0) or {i, i+1} (a = 1), and likewise
+    for columns, through taps TAPS[a] of the transposed kernel: per phase a 2x2 convolution at
+    the input's resolution with an asymmetric zero padding. The same multiply-adds as the
+    transposed conv, but as plain convolutions (which every runtime quantizes).
+    """
+
+    TAPS = ((3, 1), (2, 0))  # transposed-kernel indices read by phase 0 and 1, in input order
+
+    def __init__(self, up: nn.ConvTranspose2d):
+        super().__init__()
+        assert up.kernel_size == (4, 4) and up.stride == (2, 2) and up.padding == (1, 1)
+        w = up.weight.detach()  # in, out, 4, 4
+        bias = None if up.bias is None else up.bias.detach()
+        self.phases = nn.ModuleList()
+        for a in range(2):
+            for c in range(2):
+                k = w[:, :, list(self.TAPS[a])][:, :, :, list(self.TAPS[c])]
+                conv = nn.Conv2d(w.shape[0], w.shape[1], 2, bias=bias is not None)
+                conv.weight.data.copy_(k.permute(1, 0, 2, 3))
+                if bias is not None:
+                    conv.bias.data.copy_(bias)
+                self.phases.append(conv)
+
+    def split(self, x: Tensor) -> Tensor:
+        """The four output phases, [B, C, 4, H, W], phase index 2a + c."""
+        out = []
+        for i, conv in enumerate(self.phases):
+            a, c = divmod(i, 2)
+            out.append(conv(F.pad(x, (1 - c, c, 1 - a, a))))  # left, right, top, bottom
+        return torch.stack(out, 2)
+
+    @staticmethod
+    def interleave(phases: Tensor) -> Tensor:
+        """[B, C, 4, H, W] -> [B, C, 2H, 2W]."""
+        b, c, _, h, w = phases.shape
+        return F.pixel_shuffle(phases.reshape(b, 4 * c, h, w), 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.interleave(self.split(x))
+
+
 class FoldedResBlockUp(nn.Module):
     """`AdaINResBlockUp` with upsample + conv1 as one transposed conv and the skip at low res."""
 
     def __init__(self, block: AdaINResBlockUp):
         super().__init__()
         self.norm1, self.norm2, self.conv2, self.skip = block.norm1, block.norm2, block.conv2, block.skip
-        self.up_conv1 = upsample_then_conv(block.conv1)
+        self.up_conv1: nn.Module = upsample_then_conv(block.conv1)
 
     def forward(self, x: Tensor, params=None) -> Tensor:
-        h = self.up_conv1(F.relu(self.norm1(x)))
-        h = self.conv2(F.relu(self.norm2(h)))
-        return h + F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+        h = F.relu(self.norm1(x))
+        if isinstance(self.up_conv1, PolyphaseUpConv):
+            # Instance norm and ReLU do not care where a pixel sits: run them on the four phases
+            # as one picture per channel, and interleave afterwards (INT8: on the quantized bytes).
+            p = self.up_conv1.split(h)
+            b, c, _, hh, ww = p.shape
+            p = F.relu(self.norm2(p.reshape(b, c, 4 * hh, ww)))
+            h = self.up_conv1.interleave(p.reshape(b, c, 4, hh, ww))
+        else:
+            h = F.relu(self.norm2(self.up_conv1(h)))
+        return self.conv2(h) + F.interpolate(self.skip(x), scale_factor=2.0, mode="nearest")
+
+
+def polyphase_upsampling(folded: "PortraitGenerator") -> "PortraitGenerator":
+    """`folded` with every upsampling transposed conv split into its four phases (in place)."""
+    for m in folded.modules():
+        if isinstance(m, FoldedResBlockUp) and isinstance(m.up_conv1, nn.ConvTranspose2d):
+            m.up_conv1 = PolyphaseUpConv(m.up_conv1)
+    return folded
 
 
 def _replace_children(module: nn.Module, convert) -> None:

@@ -3,7 +3,10 @@
 Export uses the torch.export-based exporter (`dynamo=True`, the default since torch 2.9) and falls
 back to the TorchScript exporter if that fails. The session uses the CUDA execution provider when
 onnxruntime-gpu offers it, else the CPU one, with all graph optimizations (constant folding, conv
-fusions, NCHWc layouts) and one intra-op thread per core.
+fusions, NCHWc layouts) and one intra-op thread per core, whose workers do not spin between
+operators: in the live app the generator shares the cores with the tracker, and spinning workers
+took its time (small model at 256 px in the full pipeline, 2 cores: INT8 14-17 fps spinning,
+17.6-18 fps not; the tracker 26-30 ms a frame spinning, 22-24 ms not).
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
 
     artifact_suffix = ".onnx"
 
-    def __init__(self, threads: int | None = None, spinning: bool = True, **_):
+    def __init__(self, threads: int | None = None, spinning: bool = False, **_):
         self.threads = threads
         self.spinning = spinning
 
@@ -129,7 +132,7 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = self.threads or cpu_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # errors only
-        if not self.spinning:  # give the cores back between frames (tracker, capture threads)
+        if not self.spinning:  # give the cores back at once (tracker, capture threads)
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
@@ -161,15 +164,22 @@ class SketchCalibrationReader:
 
 @register_backend("onnxruntime-int8")
 class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
-    """ONNX Runtime on the CPU with convolutions statically quantized to INT8 (QDQ, per channel).
+    """ONNX Runtime on the CPU with the convolutions statically quantized to INT8.
 
-    Calibrated on real sketches from calibration/ (see live_puppet.backends.calibration). Faster
-    on CPUs with VNNI, but approximate: opt-in, never chosen by `auto`.
+    QDQ format, uint8 activations, int8 weights per output channel, no reduced range (CPUs with
+    AVX-512 VNNI or AVX-VNNI multiply u8 x s8 exactly), calibrated on real sketches from
+    calibration/ (see live_puppet.backends.calibration). ONNX Runtime fuses every DQ -> Conv -> Q
+    into a QLinearConv (int8 kernels) but has no quantized ConvTranspose, so the upsampling
+    transposed convs are first split into four phase convolutions (`polyphase_upsampling`), and
+    the phases are interleaved as uint8 (DepthToSpace between quantize nodes). Attention stays
+    fp32 (its quantized softmax is slower here and less exact). Faster on CPUs with VNNI, but
+    approximate: opt-in, never chosen by `auto`.
     """
 
     precision = "int8"
     artifact_suffix = ".int8.onnx"
-    QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul")
+    QUANTIZED_OPS = ("Conv", "DepthToSpace", "Reshape")
+    RECIPE = "2"  # bump when the quantized graph changes (part of the cache key)
 
     def __init__(self, calibration_dir: str | os.PathLike | None = None, **options):
         super().__init__(**options)
@@ -194,14 +204,19 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         return ["CPUExecutionProvider"]
 
     def versions(self) -> dict[str, str]:
-        return {**super().versions(), "calibration": self.calibration.digest()}
+        return {**super().versions(), "calibration": self.calibration.digest(),
+                "int8_recipe": self.RECIPE}
 
     def export(self, module, example, dest: Path) -> None:
+        import copy
         import tempfile
 
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        from live_puppet.backends.folding import polyphase_upsampling
+
+        module = polyphase_upsampling(copy.deepcopy(module))
         size = int(example.shape[-1])
         with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
             fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
@@ -212,6 +227,26 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
                 quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
                 quantize_static(str(pre), str(dest),
                                 SketchCalibrationReader(self.calibration.sketches(size)),
-                                quant_format=QuantFormat.QDQ, per_channel=True,
+                                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                                 op_types_to_quantize=list(self.QUANTIZED_OPS))
+
+
+def runtime_op_counts(path: Path, threads: int = 1) -> dict[str, int]:
+    """The kernels ONNX Runtime's CPU provider actually runs for the model at `path`: op type ->
+    count in the graph after all its optimizations (e.g. QLinearConv where DQ -> Conv -> Q fused)."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath, load_external_data=False).graph
+    return dict(collections.Counter(n.op_type for n in graph.node))
