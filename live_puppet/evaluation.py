@@ -818,6 +818,7 @@ def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,
 
 BENCH_STAGES = (("decode", "capture_wait"), ("track", "track"), ("retarget", "retarget"),
                 ("render", "render"), ("sink", "sink"))
+GENERATE_STAGE = "generate"  # the neural engine's generator call alone, inside the render stage
 
 
 @dataclass(frozen=True)
@@ -837,6 +838,11 @@ class BenchSpec:
     backend: str = "auto"
     engine_dir: str = "engines"
     expression_gain: float = 1.0
+    # With --model-config: the preset whose random (untrained) checkpoint is `checkpoint`, and
+    # the generator's resolution; None for a trained checkpoint.
+    model_config: str | None = None
+    model_size: int | None = None
+    calibration_dir: str = "calibration"  # INT8 calibration sets (onnxruntime-int8)
 
     @classmethod
     def from_json(cls, data: dict) -> "BenchSpec":
@@ -845,6 +851,22 @@ class BenchSpec:
         if data.get("size") is not None:
             data["size"] = tuple(data["size"])
         return cls(**data)
+
+    @property
+    def model_label(self) -> str | None:
+        """What the neural engine runs, for the table: "paper 256px random", or None."""
+        if self.engine != "neural":
+            return None
+        if self.model_config:
+            return f"{self.model_config} {self.model_size}px random"
+        return Path(self.checkpoint).name if self.checkpoint else None
+
+    @property
+    def title(self) -> str:
+        """"warp", or "neural paper 256px random onnxruntime": the configuration in a few words."""
+        if self.engine != "neural":
+            return self.engine
+        return " ".join(filter(None, [self.engine, self.model_label, self.backend]))
 
 
 @dataclass
@@ -861,6 +883,7 @@ class BenchResult:
     peak_rss_mb: float  # peak resident memory of the configuration's process
     load_before: tuple[float, float, float]  # os.getloadavg() when it started
     wall_seconds: float
+    backend: str | None = None  # the neural engine's backend as resolved (auto -> its choice)
 
 
 def bench_config(spec: BenchSpec, record_path: Path | None) -> "RunConfig":
@@ -873,7 +896,8 @@ def bench_config(spec: BenchSpec, record_path: Path | None) -> "RunConfig":
                      checkpoint=Path(spec.checkpoint) if spec.checkpoint else None,
                      backend=spec.backend, size=spec.size, max_side=spec.max_side,
                      expression_gain=spec.expression_gain, vcam=False, preview=False,
-                     record=record_path, max_frames=spec.frames, engine_dir=Path(spec.engine_dir))
+                     record=record_path, max_frames=spec.frames, engine_dir=Path(spec.engine_dir),
+                     calibration_dir=Path(spec.calibration_dir))
 
 
 def bench_worker(spec: BenchSpec, out_json: Path) -> None:
@@ -887,10 +911,15 @@ def bench_worker(spec: BenchSpec, out_json: Path) -> None:
         app = App(bench_config(spec, record))
         app.run()
         canvas = list(app.portrait.size)
+    extra = {}
+    if spec.engine == "neural":
+        extra["backend"] = app.engine.backend  # what --backend auto chose
+        # the engine timed its generator alone: one more stage in the summary
+        app.stats.samples[GENERATE_STAGE] = list(app.engine.generate_ms)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     app.stats.write_json(out_json, {"spec": asdict(spec), "canvas": canvas,
                                     "peak_rss_mb": round(peak_kb / 1024.0, 1),
-                                    "load_before": [round(v, 2) for v in load]})
+                                    "load_before": [round(v, 2) for v in load], **extra})
 
 
 def read_bench_result(data: dict) -> BenchResult:
@@ -898,7 +927,7 @@ def read_bench_result(data: dict) -> BenchResult:
                        fps=data["fps"], frames_in=data["frames_in"], frames_out=data["frames_out"],
                        frames_dropped=data["frames_dropped"], latency_ms=data["latency_ms"],
                        peak_rss_mb=data["peak_rss_mb"], load_before=tuple(data["load_before"]),
-                       wall_seconds=data["wall_seconds"])
+                       wall_seconds=data["wall_seconds"], backend=data.get("backend"))
 
 
 def run_bench_spec(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
@@ -913,7 +942,7 @@ def run_bench_spec(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             if last.startswith("live-puppet: error: "):
                 raise UserError(last[len("live-puppet: error: "):])
-            raise RuntimeError(f"the benchmark of {spec.engine} at {spec.max_side} px failed: {last}")
+            raise RuntimeError(f"the benchmark of {spec.title} at {spec.max_side} px failed: {last}")
         return read_bench_result(json.loads(out_path.read_text()))
 
 
@@ -927,7 +956,11 @@ def _stage_cell(latency: dict, stage: str) -> str:
 def bench_rows(results: Sequence[BenchResult]) -> list[dict]:
     rows = []
     for r in results:
-        row = {"engine": r.spec.engine, "canvas": f"{r.canvas[0]}x{r.canvas[1]}",
+        neural = r.spec.engine == "neural"
+        row = {"engine": r.spec.engine, "model": r.spec.model_label,
+               "backend": (r.backend or r.spec.backend) if neural else None,
+               "generate": _stage_cell(r.latency_ms, GENERATE_STAGE) if neural else None,
+               "canvas": f"{r.canvas[0]}x{r.canvas[1]}",
                "mode": "realtime" if r.spec.realtime else "all frames",
                "frames": f"{r.frames_out}/{r.frames_in}", "fps": r.fps,
                "dropped": r.frames_dropped, "rss": r.peak_rss_mb,
@@ -940,18 +973,34 @@ def bench_rows(results: Sequence[BenchResult]) -> list[dict]:
 
 def bench_table(results: Sequence[BenchResult]) -> str:
     realtime = any(r.spec.realtime for r in results)
-    columns = [Column("engine", "engine", "{}"), Column("canvas", "canvas", "{}"),
-               Column("mode", "mode", "{}"), Column("out/in", "frames", "{}"),
-               Column("fps", "fps", "{:.1f}")]
+    neural = any(r.spec.engine == "neural" for r in results)
+    columns = [Column("engine", "engine", "{}")]
+    if neural:
+        columns += [Column("model", "model", "{}"), Column("backend", "backend", "{}")]
+    columns += [Column("canvas", "canvas", "{}"), Column("mode", "mode", "{}"),
+                Column("out/in", "frames", "{}"), Column("fps", "fps", "{:.1f}")]
     columns += [Column(f"{label} ms", label, "{}") for label, _ in BENCH_STAGES]
+    if neural:  # the generator's own time, part of the render stage
+        columns.insert(-1, Column("generator ms", "generate", "{}"))
     if realtime:
         columns += [Column("capture->sink ms", "c2s", "{}"), Column("dropped", "dropped", "{}")]
     columns += [Column("peak RSS MB", "rss", "{:.0f}"), Column("load 1m", "load", "{:.2f}")]
     return format_table(bench_rows(results), columns)
 
 
-def bench_specs(engines: Sequence[str], sides: Sequence[int], base: BenchSpec) -> list[BenchSpec]:
-    """One spec per engine and long side."""
+def bench_specs(engines: Sequence[str], sides: Sequence[int], base: BenchSpec,
+                backends: Sequence[str] = (), models: Sequence[dict] = ()) -> list[BenchSpec]:
+    """One spec per engine and long side; the neural engine once per model and backend.
+
+    `models`: BenchSpec fields per neural model (checkpoint, model_config, model_size); none:
+    the base spec's checkpoint. `backends`: none: the base spec's backend."""
     from dataclasses import replace
 
-    return [replace(base, engine=e, max_side=s) for e in engines for s in sides]
+    specs = []
+    for engine in engines:
+        variants = [{}]
+        if engine == "neural":
+            variants = [{**m, "backend": b} for m in (models or [{}])
+                        for b in (backends or [base.backend])]
+        specs += [replace(base, engine=engine, max_side=side, **v) for v in variants for side in sides]
+    return specs

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from live_puppet.errors import UserError
@@ -115,19 +116,43 @@ def parse_sides(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a list of long sides like 512,1024") from None
 
 
+def parse_backends(text: str) -> list[str]:
+    """"torch,onnxruntime" -> ["torch", "onnxruntime"], checked against the backend registry."""
+    from live_puppet.backends import BACKEND_CHOICES
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or any(n not in BACKEND_CHOICES for n in names):
+        raise UserError(f"--backend '{text}' is not a list of backends from: "
+                        f"{', '.join(BACKEND_CHOICES)} (separated by commas).")
+    return names
+
+
 def _register_bench(subparsers) -> None:
     from live_puppet.cli import add_pipeline_arguments, positive_int
 
     p = subparsers.add_parser(
         "bench", help="measure throughput, per-stage latency and memory of the live pipeline",
-        description="Run the live pipeline headless on a clip, once per engine and output size, "
-                    "each in its own process, with the H.264 recorder as the sink (as run "
-                    "--record). Reports fps, per-stage latency median/p90/p99 in ms (decode is "
-                    "the tracking thread's wait for the next decoded frame), peak RSS and the "
-                    "load average when each configuration started.")
+        description="Run the live pipeline headless on a clip, once per engine and output size "
+                    "(and for the neural engine once per model and backend), each in its own "
+                    "process, with the H.264 recorder as the sink (as run --record). Reports "
+                    "fps, per-stage latency median/p90/p99 in ms (decode is the tracking "
+                    "thread's wait for the next decoded frame; for the neural engine also the "
+                    "generator's own time inside the render stage), peak RSS and the load "
+                    "average when each configuration started.",
+        conflict_handler="resolve")  # bench's --backend (a list) replaces the pipeline's one
     p.add_argument("--driving", type=Path, help="the driving clip")
     p.add_argument("--portrait", type=Path, help="the portrait (its long side is capped at each size)")
     add_pipeline_arguments(p, portrait_required=False)
+    p.add_argument("--backend", default="auto",
+                   help="neural engine backends to compare, e.g. torch,torch-compile,onnxruntime,"
+                        "onnxruntime-int8 (one row each; default auto)")
+    p.add_argument("--model-config", metavar="small,paper",
+                   help="benchmark the neural engine without a trained checkpoint: these model "
+                        "configs with random weights (the speed does not depend on the weights)")
+    p.add_argument("--model-size", type=positive_int, default=256,
+                   help="generator resolution for --model-config, px (default 256)")
+    p.add_argument("--calibration-dir", type=Path, default=Path("calibration"),
+                   help="INT8 calibration sets for onnxruntime-int8 (default: calibration/)")
     p.add_argument("--sizes", type=parse_sides,
                    help="output long sides to measure, e.g. 512,1024 (default: --max-side); the "
                         "portrait is never enlarged")
@@ -143,6 +168,10 @@ def _register_bench(subparsers) -> None:
     p.set_defaults(func=bench_handler)
 
 
+RANDOM_WEIGHTS_NOTE = ("the weights are random (untrained), so the pictures are noise; speed does "
+                       "not depend on the weights, only on the network's shape")
+
+
 def bench_handler(args: argparse.Namespace) -> int:
     """Benchmark each configuration in a subprocess, print the table, write JSON; 0 on success."""
     from dataclasses import asdict
@@ -153,6 +182,7 @@ def bench_handler(args: argparse.Namespace) -> int:
         spec = ev.BenchSpec.from_json(json.loads(args.worker.read_text()))
         ev.bench_worker(spec, args.worker_out)
         return 0
+    backends = parse_backends(args.backend)
     if not args.driving or not args.portrait:
         raise UserError("bench needs --driving CLIP and --portrait IMAGE.")
     clip = ev.probe_clip(args.driving)  # a clear error before any process starts
@@ -161,33 +191,74 @@ def bench_handler(args: argparse.Namespace) -> int:
     engines = ev.parse_engines(args.engine)
     if args.sizes and args.size:
         raise UserError("Pass either --sizes (long sides) or --size (one canvas), not both.")
+    neural = "neural" in engines
+    if args.model_config and not neural:
+        raise UserError("--model-config benchmarks the neural engine; add --engine neural.")
+    if args.model_config and args.checkpoint:
+        raise UserError("Pass either --checkpoint (trained weights) or --model-config (random "
+                        "weights), not both.")
+    if neural and not (args.model_config or args.checkpoint):
+        raise UserError("bench --engine neural needs --checkpoint CK, or --model-config "
+                        "small,paper to measure random weights of those configs.")
     base = ev.BenchSpec(
         engine=engines[0], driving=str(clip.path.resolve()), portrait=str(args.portrait.resolve()),
         max_side=args.max_side, size=args.size, frames=args.frames, realtime=args.realtime,
         record=args.record,
         landmarker_model=str(args.landmarker_model.resolve()) if args.landmarker_model else None,
         checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
-        backend=args.backend, engine_dir=str(args.engine_dir.resolve()),
-        expression_gain=args.expression_gain)
-    specs = ev.bench_specs(engines, args.sizes or [args.max_side], base)
-    start_load = os.getloadavg()
-    results = []
-    for i, spec in enumerate(specs, 1):
-        _progress(f"[{i}/{len(specs)}] {spec.engine} at {spec.size or spec.max_side} ...")
-        results.append(ev.run_bench_spec(spec))
-    end_load = os.getloadavg()
+        backend=backends[0], engine_dir=str(args.engine_dir.resolve()),
+        expression_gain=args.expression_gain, calibration_dir=str(args.calibration_dir.resolve()))
+    with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
+        models = _random_models(args.model_config, args.model_size, Path(tmp)) \
+            if args.model_config else []
+        specs = ev.bench_specs(engines, args.sizes or [args.max_side], base,
+                               backends=backends, models=[fields for fields, _ in models])
+        start_load = os.getloadavg()
+        results = []
+        for i, spec in enumerate(specs, 1):
+            _progress(f"[{i}/{len(specs)}] {spec.title} at {spec.size or spec.max_side} ...")
+            results.append(ev.run_bench_spec(spec))
+        end_load = os.getloadavg()
     print(f"bench: {clip.path.name} ({clip.width}x{clip.height}, {clip.fps:g} fps, {clip.frames} "
           f"frames), portrait {args.portrait.name}, sink: "
           f"{'H.264 recorder at 1280x720' if args.record else 'letterbox only'}; "
           f"{os.cpu_count()} CPUs; load average {_load(start_load)} at start, {_load(end_load)} at end")
     print(ev.bench_table(results), flush=True)
     print("Latency cells: median/p90/p99 ms. decode = the tracking thread's wait for a decoded frame.")
+    if neural:
+        print("generator ms = the neural generator's call alone (sketch in, face crop out); render "
+              "ms adds drawing the sketch and pasting the face, and counts every frame, also those "
+              "with no target to render (no face, or the first ones, taking the neutral face).")
+    for fields, gflops in models:
+        print(f"{fields['model_config']} {fields['model_size']}px: {gflops:.1f} GFLOP per frame "
+              f"(folded generator); {RANDOM_WEIGHTS_NOTE}.")
     if args.json:
         _write_json(args.json, {"clip": str(clip.path), "cpus": os.cpu_count(),
                                 "load_start": list(start_load), "load_end": list(end_load),
                                 "results": [asdict(r) for r in results]})
         print(f"Stats: {args.json}")
     return 0
+
+
+def _random_models(text: str, size: int, folder: Path) -> list[tuple[dict, float]]:
+    """A random-weight checkpoint per model config named in `text` ("small,paper"), written to
+    `folder`: (its BenchSpec fields, GFLOP per frame of its folded generator) each."""
+    from live_puppet.backends import bench as bench_tools
+
+    configs = []
+    for name in [n.strip() for n in text.split(",")]:
+        try:
+            configs.append((name, bench_tools.random_model_config(name, size)))
+        except ValueError as exc:
+            raise UserError(f"--model-config {name} at --model-size {size}: {exc}.") from None
+    models = []
+    for name, config in configs:
+        _progress(f"writing a random-weight {name} checkpoint ({size} px) ...")
+        ck = bench_tools.write_random_checkpoint(folder / f"random-{name}-{size}.safetensors", config)
+        fields = {"checkpoint": str(ck), "model_config": name, "model_size": size,
+                  "engine_dir": str(folder / "engines")}  # random engines stay out of engines/
+        models.append((fields, bench_tools.folded_gflops(config)))
+    return models
 
 
 def _load(load: tuple[float, float, float]) -> str:

@@ -209,6 +209,37 @@ def test_bench_measures_each_configuration_in_its_own_process(tmp_path, landmark
     assert result["fps"] > 0 and result["peak_rss_mb"] > 50
 
 
+def test_bench_neural_compares_backends_on_random_weights(tmp_path, landmarker_model, capsys):
+    """One command, one row per backend, with no trained checkpoint: the generator's own time too."""
+    portrait, clip = need(PORTRAITS / "mona_lisa.jpg"), need(DRIVING / "d0.mp4")
+    stats = tmp_path / "bench.json"
+    assert main(["bench", "--driving", str(clip), "--portrait", str(portrait), "--engine", "neural",
+                 "--model-config", "small", "--model-size", "64", "--backend", "torch,onnxruntime",
+                 "--sizes", "512", "--frames", "8", "--no-record", "--json", str(stats)]) == 0
+    printed = capsys.readouterr().out
+    assert "small 64px random" in printed and "generator ms" in printed
+    assert "weights are random" in printed and "GFLOP per frame" in printed
+    results = json.loads(stats.read_text())["results"]
+    assert [r["backend"] for r in results] == ["torch", "onnxruntime"]
+    for r in results:
+        assert r["spec"]["model_config"] == "small" and r["spec"]["model_size"] == 64
+        assert r["frames_out"] == 8 and set(r["latency_ms"]["generate"]) == {"median", "p90", "p99"}
+        assert r["latency_ms"]["generate"]["median"] <= r["latency_ms"]["render"]["p99"]
+
+
+def test_bench_specs_multiply_only_the_neural_engine():
+    base = ev.BenchSpec(engine="warp", driving="d.mp4", portrait="p.jpg", max_side=512)
+    models = [{"checkpoint": "s.safetensors", "model_config": "small", "model_size": 256},
+              {"checkpoint": "p.safetensors", "model_config": "paper", "model_size": 256}]
+    specs = ev.bench_specs(["warp", "neural"], [512], base, backends=["torch", "onnxruntime"],
+                           models=models)
+    assert [s.title for s in specs] == [
+        "warp", "neural small 256px random torch", "neural small 256px random onnxruntime",
+        "neural paper 256px random torch", "neural paper 256px random onnxruntime"]
+    assert ev.bench_specs(["warp"], [512, 1024], base) == [
+        ev.BenchSpec(engine="warp", driving="d.mp4", portrait="p.jpg", max_side=s) for s in (512, 1024)]
+
+
 def test_a_slow_render_still_sees_every_frame_of_a_file(tmp_path, landmarker_model):
     """Evaluation needs every frame: the app's end-of-stream marker must not push out the last ones."""
     import time
@@ -255,8 +286,23 @@ def test_a_slow_render_still_sees_every_frame_of_a_file(tmp_path, landmarker_mod
     (["eval", "--self", "missing.mp4"], "does not exist"),
     (["eval", "--self", "missing.mp4", "--engine", "nope"], "Unknown engine"),
     (["bench", "--portrait", "p.jpg"], "--driving"),
+    (["bench", "--backend", "torch,tensorflow"], "not a list of backends"),
 ])
 def test_bad_eval_and_bench_arguments_get_one_line_and_exit_code_2(argv, message, capsys):
     assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and err[0].startswith("live-puppet: error:")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--engine", "neural"], "--model-config"),
+    (["--engine", "warp", "--model-config", "small"], "add --engine neural"),
+    (["--engine", "neural", "--model-config", "small", "--checkpoint", "ck.safetensors"], "not both"),
+    (["--engine", "neural", "--model-config", "huge"], "unknown config"),
+    (["--engine", "neural", "--model-config", "paper", "--model-size", "100"], "power of two"),
+])
+def test_bench_neural_argument_errors_are_one_line(extra, message, capsys):
+    portrait, clip = need(PORTRAITS / "mona_lisa.jpg"), need(DRIVING / "d0.mp4")
+    assert main(["bench", "--driving", str(clip), "--portrait", str(portrait)] + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("live-puppet: error:")

@@ -4,7 +4,9 @@
     python -m live_puppet.backends.bench --ttff --portrait P.jpg --config small --backend onnxruntime
 
 Speed does not depend on the weights, so the generator benchmark uses random (untrained) weights
-with a random ψ. `live-puppet bench --engine neural` can call `bench_generators` and `format_table`.
+with a random ψ. The whole live pipeline with the neural engine is measured by
+`live-puppet bench --engine neural --model-config small,paper --backend torch,onnxruntime,...`,
+which runs on a random checkpoint from `write_random_checkpoint` when no trained one is given.
 """
 
 from __future__ import annotations
@@ -55,6 +57,47 @@ def _time_round_robin(runners: list, x: np.ndarray, frames: int, warmup: int,
     return times
 
 
+def random_model_config(name: str, size: int | None = None):
+    """The ModelConfig preset `name` (small | paper), at `size` px when given."""
+    from live_puppet.model import ModelConfig
+
+    config = ModelConfig.named(name)
+    return config.replace(image_size=size) if size else config
+
+
+def random_generator(config, seed: int = 0):
+    """A randomly initialised (untrained) Generator, deterministic for a seed."""
+    import torch
+
+    from live_puppet.model import Generator
+
+    torch.manual_seed(seed)
+    return Generator(config).eval()
+
+
+def write_random_checkpoint(path: Path, config, seed: int = 0) -> Path:
+    """A checkpoint of randomly initialised networks (for speed measurements only), written to
+    `path`; the same seed writes the same file."""
+    from live_puppet.model import Embedder
+    from live_puppet.training.checkpoint import Checkpoint, save_checkpoint
+
+    generator = random_generator(config, seed)
+    save_checkpoint(Path(path), Checkpoint(config=config, generator=generator,
+                                           embedder=Embedder(config).eval()))
+    return Path(path)
+
+
+def folded_gflops(config, seed: int = 0) -> float:
+    """GFLOP per frame of the portrait-folded generator of `config` (what the backends run)."""
+    import torch
+
+    from live_puppet.backends.folding import fold_generator, generator_flops
+
+    g = random_generator(config, seed)
+    return generator_flops(fold_generator(g, psi=torch.zeros(1, g.psi_dim)),
+                           config.image_size) / 1e9
+
+
 def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size: int = 256,
                      frames: int = 10, warmup: int = 2, seed: int = 0,
                      include_unfolded: bool = True, log=print,
@@ -77,15 +120,14 @@ def bench_generators(configs=("small", "paper"), backends=DEFAULT_BACKENDS, size
 
     from live_puppet.backends import create_backend
     from live_puppet.backends.folding import fold_generator, generator_flops
-    from live_puppet.model import Generator, ModelConfig
 
     rows: list[BenchRow] = []
     for name in configs:  # a preset's name, or a ModelConfig
-        torch.manual_seed(seed)
-        base = ModelConfig.named(name) if isinstance(name, str) else name
-        name = name if isinstance(name, str) else "custom"
-        cfg = base.replace(image_size=size)
-        g = Generator(cfg).eval()
+        if isinstance(name, str):
+            cfg = random_model_config(name, size)
+        else:
+            cfg, name = name.replace(image_size=size), "custom"
+        g = random_generator(cfg, seed)
         psi = torch.randn(1, g.psi_dim) * 0.3
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
         with torch.no_grad():
@@ -165,23 +207,16 @@ def time_to_first_frame(checkpoint: Path, portrait, backend: str, engine_dir: Pa
 def first_frame_report(portrait_path: Path, config: str = "small", backend: str = "onnxruntime",
                        landmarker: str | None = None, log=print) -> list[FirstFrame]:
     """Cold build, cached start, and a start after the engine file was truncated."""
-    import torch
-
     from live_puppet.backends.cache import content_hash
-    from live_puppet.model import Embedder, Generator, ModelConfig
     from live_puppet.portrait import load_portrait
     from live_puppet.tracking import Tracker, resolve_landmarker_model
-    from live_puppet.training.checkpoint import Checkpoint, save_checkpoint
 
     with Tracker(resolve_landmarker_model(landmarker), mode="image") as tracker:
         portrait = load_portrait(Path(portrait_path), tracker)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.manual_seed(0)
-        cfg = ModelConfig.named(config)
-        ck = tmp / f"{config}.safetensors"
-        save_checkpoint(ck, Checkpoint(config=cfg, generator=Generator(cfg), embedder=Embedder(cfg)))
+        ck = write_random_checkpoint(tmp / f"{config}.safetensors", random_model_config(config))
         content_hash(ck)  # hashing is per process; do not bill it to the cold start only
         engines = tmp / "engines"
         for label in ("cold (build)", "cached"):

@@ -20,7 +20,8 @@ portraits stay loaded (the last few), so swapping back is instant.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from live_puppet.render.base import Engine, register_engine
 from live_puppet.types import Portrait, Target
 
 KEEP_PREPARED = 4  # compiled portraits kept in memory for instant swaps
+KEEP_TIMINGS = 100_000  # generator times kept (ms per frame, for `live-puppet bench`)
 
 
 class FacePaster:
@@ -118,6 +120,8 @@ class NeuralEngine(Engine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neural-build")
         self.last_error: str | None = None  # the last background build's failure, one line
         self._failed: dict[int, str] = {}  # portraits whose build failed: not retried per frame
+        # wall ms of each frame's generator call alone (no sketch drawing, no pasting)
+        self.generate_ms: deque[float] = deque(maxlen=KEEP_TIMINGS)
 
     # --- preparing -------------------------------------------------------------------------------
     def _build(self, portrait: Portrait) -> _Active:
@@ -178,13 +182,15 @@ class NeuralEngine(Engine):
         return active.prepared if active is not None else None
 
     # --- rendering -------------------------------------------------------------------------------
-    @staticmethod
-    def _generate(active: _Active, landmarks: np.ndarray) -> np.ndarray:
+    def _generate(self, active: _Active, landmarks: np.ndarray) -> np.ndarray:
         from live_puppet.backends.builder import array_to_bgr, rgb_to_array
 
         prepared = active.prepared
-        drawn = sketch.render_sketch(landmarks, prepared.inputs.box, prepared.size)
-        return array_to_bgr(prepared.runner(rgb_to_array(drawn)))
+        drawn = rgb_to_array(sketch.render_sketch(landmarks, prepared.inputs.box, prepared.size))
+        start = time.perf_counter()
+        image = prepared.runner(drawn)
+        self.generate_ms.append((time.perf_counter() - start) * 1000.0)
+        return array_to_bgr(image)
 
     def generate(self, portrait: Portrait, landmarks: np.ndarray) -> np.ndarray:
         """The generator's raw output for `landmarks` (portrait px): R x R x 3 uint8 BGR."""
