@@ -2,6 +2,7 @@ import numpy as np
 
 from live_puppet import face_mesh as fm
 from live_puppet.render import create_engine
+from live_puppet.retarget import set_eye_opening
 from live_puppet.types import Target
 
 
@@ -32,6 +33,20 @@ def test_an_opened_mouth_shows_a_dark_interior(astronaut_portrait):
     before = p.image[y - 2:y + 3, x - 2:x + 3].mean()
     after = out[y - 2:y + 3, x - 2:x + 3].mean()
     assert after < before * 0.6  # dark cavity, not stretched lips
+
+
+def test_closed_lids_read_as_a_blink(astronaut_portrait, image_tracker):
+    # The astronaut's face is about 100 px across: her lids are a few pixels apart, narrower than
+    # the coarse map's grid. The face tracker, run on the output, must still see both eyes shut.
+    p = astronaut_portrait
+    lms = p.face.landmarks.copy()
+    for eye in ("left", "right"):
+        set_eye_opening(lms, p.face.landmarks, eye, 0.0)
+    out = create_engine("warp").render(p, target_for(p, lms))
+    seen = image_tracker.track(out)
+    for shape in ("eyeBlinkLeft", "eyeBlinkRight"):
+        assert p.face.blendshapes[shape] < 0.1
+        assert seen.blendshapes[shape] > 0.25, shape
 
 
 def test_head_motion_moves_the_head_but_not_the_picture_corners(astronaut_portrait):

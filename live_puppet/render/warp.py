@@ -3,7 +3,10 @@
 The portrait's landmarks and a set of anchor points are moved to their targets; the displacement
 (source - target) is interpolated linearly over a Delaunay triangulation of the targets on a
 coarse grid, upsampled (the displacement, not the absolute coordinates, so nothing shifts by half
-a cell) and applied with one cv2.remap. Anchors:
+a cell) and applied with one cv2.remap. Over the face the coarse map cannot close a lid two
+pixels wide or follow a lip line, so there an exact piecewise-affine map takes over wherever the two
+differ by more than a few pixels: fixed triangles (a Delaunay triangulation of the face, eye, brow,
+lip and nose outlines on the portrait), each output pixel mapped through its own. Anchors:
 - a ring around the face that follows the head rigidly, so hair and ears move with it;
 - a wider ring and the image border that stay still, so shoulders and background do not swim.
 A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
@@ -27,7 +30,7 @@ from live_puppet.types import Portrait, Target
 class WarpSettings:
     grid_step: int = 8  # coarse grid spacing in pixels (the map is interpolated between)
     head_ring: float = 1.45  # ring following the head, as a multiple of the face oval's radius
-    head_ring_chin: float = 1.12  # the same ring under the chin (the neck stays still)
+    head_ring_chin: float = 1.04  # the same ring under the chin: hugs it, so neck and collar stay still
     still_ring: float = 2.4  # ring that stays still, same unit
     border_points: int = 8  # fixed points per image side
 
@@ -45,6 +48,7 @@ class _WarpMesh:
     base_x: np.ndarray  # identity map over the roi, image px
     base_y: np.ndarray
     mouth: "_MouthStyle"
+    triangles: np.ndarray  # T x 3 landmark indices over the face, in drawing order (see _face_triangles)
 
 
 @dataclass
@@ -125,7 +129,7 @@ class WarpEngine(Engine):
             source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
-            mouth=_mouth_style(portrait.image, xy))
+            mouth=_mouth_style(portrait.image, xy), triangles=_face_triangles(xy))
 
     def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """Where each source point goes: landmarks to the target, the ring with the head."""
@@ -152,7 +156,9 @@ class WarpEngine(Engine):
         gh, gw = mesh.grid_shape
         coarse = disp.reshape(gh, gw, 2).astype(np.float32)
         x0, y0, x1, y1 = mesh.roi
-        return cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        disp = cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        _exact_face_map(disp, mesh, dst[:mesh.n_landmarks])
+        return disp
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
         if target is None:
@@ -168,6 +174,79 @@ class WarpEngine(Engine):
                                       borderMode=cv2.BORDER_REPLICATE)
         paint_mouth(out, target.landmarks[:, :2], mesh.mouth)
         return out
+
+
+# Face points the exact map is built on: outlines of the face, eyes, brows, lips and nose. The
+# finer rings of MediaPipe's mesh (a pixel or two apart around a painted eye) would fold over.
+_NOSE = np.array([168, 6, 197, 195, 5, 4, 1, 2, 98, 327, 129, 358, 64, 294])
+_CHEEKS_FOREHEAD = np.array([50, 280, 205, 425, 123, 352, 151, 9, 108, 337])
+_EXACT_POINTS = np.unique(np.concatenate([fm.FACE_OVAL, fm.RIGHT_EYE, fm.LEFT_EYE, fm.RIGHT_BROW,
+                                          fm.LEFT_BROW, fm.OUTER_LIPS, fm.INNER_LIPS, _NOSE,
+                                          _CHEEKS_FOREHEAD]))
+FEATHER_PX = 4.0  # width of the blend from the exact face map into the coarse map at its edge
+EXACT_TAKEOVER_PX = 3.0  # difference between the maps (px) from which the exact one is used alone
+
+
+def _face_triangles(xy: np.ndarray) -> np.ndarray:
+    """Fixed triangles over the face: a Delaunay triangulation of the outline points on the
+    portrait, with the eye and mouth openings first in drawing order (where a closing lid or pressed
+    lips squeeze them to nothing, the skin around, drawn later, covers them)."""
+    idx = _EXACT_POINTS
+    for iris, loop in ((fm.RIGHT_IRIS[0], fm.RIGHT_EYE), (fm.LEFT_IRIS[0], fm.LEFT_EYE)):
+        if cv2.pointPolygonTest(xy[loop].astype(np.float32), tuple(map(float, xy[iris])), True) > 1.0:
+            idx = np.append(idx, iris)
+    simplices = idx[Delaunay(xy[idx].astype(np.float64)).simplices]
+    centroids = xy[simplices].mean(1)
+    opening = np.zeros(len(simplices), bool)
+    for loop in (fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS):
+        poly = xy[loop].astype(np.float32)
+        opening |= np.array([cv2.pointPolygonTest(poly, (float(c[0]), float(c[1])), False) > 0
+                             for c in centroids])
+    return np.concatenate([simplices[opening], simplices[~opening]]).astype(np.int32)
+
+
+def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
+    """Blend into `disp`, over the face, the exact piecewise-affine map of the fixed triangles.
+
+    Each output pixel is mapped through its own triangle (the triangles are rasterized in drawing
+    order, the last one drawn owns a pixel)."""
+    x0, y0, x1, y1 = mesh.roi
+    src = mesh.source[:mesh.n_landmarks]
+    tri = mesh.triangles
+    p = dst[tri].astype(np.float64)  # T x 3 x 2 target corners
+    q = src[tri].astype(np.float64)
+    a = np.concatenate([p.transpose(0, 2, 1), np.ones((len(tri), 1, 3))], 1)  # T x 3 x 3
+    det = np.linalg.det(a)
+    ok = np.abs(det) > 1e-3
+    affine = np.zeros((len(tri), 2, 3))
+    affine[ok] = q.transpose(0, 2, 1)[ok] @ np.linalg.inv(a[ok])  # target (x, y, 1) -> source
+    bx0, by0 = np.maximum(np.floor(p.reshape(-1, 2).min(0)).astype(int) - 1, (x0, y0))
+    bx1, by1 = np.minimum(np.ceil(p.reshape(-1, 2).max(0)).astype(int) + 2, (x1, y1))
+    if bx1 <= bx0 or by1 <= by0:
+        return
+    owner = np.full((by1 - by0, bx1 - bx0), -1, np.int32)
+    corners = np.round((p - (bx0, by0)) * 16).astype(np.int32)
+    # A triangle the target turned over has no sensible map: it is left to the coarse map.
+    src_det = np.linalg.det(np.concatenate([q.transpose(0, 2, 1), np.ones((len(tri), 1, 3))], 1))
+    ok &= np.sign(det) == np.sign(src_det)
+    for k in np.flatnonzero(ok):
+        cv2.fillConvexPoly(owner, corners[k], int(k), shift=4)
+    owned = owner >= 0
+    # Feathered into the coarse map over a few pixels, so that the two meet without a step.
+    weight = np.clip(cv2.distanceTransform(owned.astype(np.uint8), cv2.DIST_L2, 3) / FEATHER_PX, 0, 1)
+    ys, xs = np.nonzero(owned)
+    m = affine[owner[ys, xs]]
+    gx, gy = (xs + bx0).astype(np.float32), (ys + by0).astype(np.float32)
+    exact = np.stack([m[:, 0, 0] * gx + m[:, 0, 1] * gy + m[:, 0, 2] - gx,
+                      m[:, 1, 0] * gx + m[:, 1, 1] * gy + m[:, 1, 2] - gy], 1)
+    w = weight[ys, xs][:, None]
+    iy, ix = ys + by0 - y0, xs + bx0 - x0
+    # Where the two maps agree within a few pixels the coarse one is kept: it averages landmark
+    # noise that the exact map would show. Where they part (a lid closing, a lip line) the exact
+    # one takes over.
+    w = w * np.clip(np.linalg.norm(exact - disp[iy, ix], axis=1, keepdims=True) / EXACT_TAKEOVER_PX, 0, 1)
+    disp[iy, ix] = w * exact + (1 - w) * disp[iy, ix]
+
 
 
 def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
