@@ -33,6 +33,10 @@ def test_an_opened_mouth_shows_a_dark_interior(astronaut_portrait):
     before = p.image[y - 2:y + 3, x - 2:x + 3].mean()
     after = out[y - 2:y + 3, x - 2:x + 3].mean()
     assert after < before * 0.6  # dark cavity, not stretched lips
+    # A hint of the upper teeth just under the upper lip, lighter than the cavity below it.
+    top, bottom = lms[fm.UPPER_INNER_LIP, 1], lms[fm.LOWER_INNER_LIP, 1]
+    teeth_y, cavity_y = int(top + 0.15 * (bottom - top)), int(top + 0.7 * (bottom - top))
+    assert out[teeth_y - 1:teeth_y + 2, x - 3:x + 4].mean() > out[cavity_y - 1:cavity_y + 2, x - 3:x + 4].mean() + 30
 
 
 def test_closed_lids_read_as_a_blink(astronaut_portrait, image_tracker):

@@ -49,6 +49,9 @@ class _WarpMesh:
     base_y: np.ndarray
     mouth: "_MouthStyle"
     triangles: np.ndarray  # T x 3 landmark indices over the face, in drawing order (see _face_triangles)
+    n_openings: int  # the first n_openings triangles fill the eye and mouth openings
+    rims: np.ndarray  # per triangle: 1, 2 or 3 if it touches the right eye's, left eye's or the
+    # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
 
 
 @dataclass
@@ -129,7 +132,7 @@ class WarpEngine(Engine):
             source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
-            mouth=_mouth_style(portrait.image, xy), triangles=_face_triangles(xy))
+            mouth=_mouth_style(portrait.image, xy), **_face_triangles(xy))
 
     def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """Where each source point goes: landmarks to the target, the ring with the head."""
@@ -187,10 +190,10 @@ FEATHER_PX = 4.0  # width of the blend from the exact face map into the coarse m
 EXACT_TAKEOVER_PX = 3.0  # difference between the maps (px) from which the exact one is used alone
 
 
-def _face_triangles(xy: np.ndarray) -> np.ndarray:
-    """Fixed triangles over the face: a Delaunay triangulation of the outline points on the
-    portrait, with the eye and mouth openings first in drawing order (where a closing lid or pressed
-    lips squeeze them to nothing, the skin around, drawn later, covers them)."""
+def _face_triangles(xy: np.ndarray) -> dict:
+    """Fixed triangles around the eyes and mouth: a Delaunay triangulation of the outline points on
+    the portrait, with the eye and mouth openings first in drawing order (where a closing lid or
+    pressed lips squeeze them to nothing, the skin around, drawn later, covers them)."""
     idx = _EXACT_POINTS
     for iris, loop in ((fm.RIGHT_IRIS[0], fm.RIGHT_EYE), (fm.LEFT_IRIS[0], fm.LEFT_EYE)):
         if cv2.pointPolygonTest(xy[loop].astype(np.float32), tuple(map(float, xy[iris])), True) > 1.0:
@@ -202,51 +205,67 @@ def _face_triangles(xy: np.ndarray) -> np.ndarray:
         poly = xy[loop].astype(np.float32)
         opening |= np.array([cv2.pointPolygonTest(poly, (float(c[0]), float(c[1])), False) > 0
                              for c in centroids])
-    return np.concatenate([simplices[opening], simplices[~opening]]).astype(np.int32)
+    # Only the triangles around the eyes and lips: elsewhere the coarse map, built on all 478
+    # points, is the better one (these triangles are large, and bend visibly at their edges).
+    near = np.isin(simplices, np.concatenate([fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS, fm.OUTER_LIPS])).any(1)
+    simplices, opening = simplices[near], opening[near]
+    triangles = np.concatenate([simplices[opening], simplices[~opening]]).astype(np.int32)
+    rims = np.zeros(len(triangles), np.int8)
+    for label, loop in enumerate((fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS), 1):
+        rims[np.isin(triangles, loop).any(1)] = label
+    return {"triangles": triangles, "n_openings": int(opening.sum()), "rims": rims}
 
 
 def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     """Blend into `disp`, over the face, the exact piecewise-affine map of the fixed triangles.
 
-    Each output pixel is mapped through its own triangle (the triangles are rasterized in drawing
-    order, the last one drawn owns a pixel)."""
+    Each output pixel is mapped through its own triangle. Where the target folds the mesh over
+    (a lip corner pushed across its neighbours), triangles overlap and the map would tear: such
+    pixels, found by rasterizing the triangles in two orders and comparing, keep the coarse map."""
     x0, y0, x1, y1 = mesh.roi
-    src = mesh.source[:mesh.n_landmarks]
     tri = mesh.triangles
     p = dst[tri].astype(np.float64)  # T x 3 x 2 target corners
-    q = src[tri].astype(np.float64)
-    a = np.concatenate([p.transpose(0, 2, 1), np.ones((len(tri), 1, 3))], 1)  # T x 3 x 3
+    q = mesh.source[tri].astype(np.float64)  # ... and where they come from
+    ones = np.ones((len(tri), 1, 3))
+    a = np.concatenate([p.transpose(0, 2, 1), ones], 1)  # T x 3 x 3
     det = np.linalg.det(a)
-    ok = np.abs(det) > 1e-3
+    # A triangle the target turned over has no sensible map; one squeezed flat covers nothing.
+    ok = (det * np.linalg.det(np.concatenate([q.transpose(0, 2, 1), ones], 1)) > 0) & (np.abs(det) > 1e-3)
     affine = np.zeros((len(tri), 2, 3))
     affine[ok] = q.transpose(0, 2, 1)[ok] @ np.linalg.inv(a[ok])  # target (x, y, 1) -> source
     bx0, by0 = np.maximum(np.floor(p.reshape(-1, 2).min(0)).astype(int) - 1, (x0, y0))
     bx1, by1 = np.minimum(np.ceil(p.reshape(-1, 2).max(0)).astype(int) + 2, (x1, y1))
     if bx1 <= bx0 or by1 <= by0:
         return
-    owner = np.full((by1 - by0, bx1 - bx0), -1, np.int32)
     corners = np.round((p - (bx0, by0)) * 16).astype(np.int32)
-    # A triangle the target turned over has no sensible map: it is left to the coarse map.
-    src_det = np.linalg.det(np.concatenate([q.transpose(0, 2, 1), np.ones((len(tri), 1, 3))], 1))
-    ok &= np.sign(det) == np.sign(src_det)
-    for k in np.flatnonzero(ok):
-        cv2.fillConvexPoly(owner, corners[k], int(k), shift=4)
-    owned = owner >= 0
+    shape = (by1 - by0, bx1 - bx0)
+    gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+
+    def rasterize(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        owner = np.full(shape, -1, np.int32)
+        for k in order:
+            cv2.fillConvexPoly(owner, corners[k], int(k), shift=4)
+        m = affine[np.maximum(owner, 0)]
+        exact = np.stack([m[..., 0, 0] * gx + m[..., 0, 1] * gy + m[..., 0, 2] - gx,
+                          m[..., 1, 0] * gx + m[..., 1, 1] * gy + m[..., 1, 2] - gy], -1)
+        return owner, exact
+
+    # The openings go first in both orders: where a shut lid covers one, the lid wins either way.
+    n = mesh.n_openings
+    openings, skin = np.flatnonzero(ok[:n]), n + np.flatnonzero(ok[n:])
+    owner, exact = rasterize(np.concatenate([openings, skin]))
+    owner_r, reverse = rasterize(np.concatenate([openings[::-1], skin[::-1]]))
+    rim, rim_r = mesh.rims[np.maximum(owner, 0)], mesh.rims[np.maximum(owner_r, 0)]
+    torn = (np.linalg.norm(exact - reverse, axis=-1) > 0.75) & ((rim == 0) | (rim != rim_r))
+    good = (owner >= 0) & ~cv2.dilate(torn.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     # Feathered into the coarse map over a few pixels, so that the two meet without a step.
-    weight = np.clip(cv2.distanceTransform(owned.astype(np.uint8), cv2.DIST_L2, 3) / FEATHER_PX, 0, 1)
-    ys, xs = np.nonzero(owned)
-    m = affine[owner[ys, xs]]
-    gx, gy = (xs + bx0).astype(np.float32), (ys + by0).astype(np.float32)
-    exact = np.stack([m[:, 0, 0] * gx + m[:, 0, 1] * gy + m[:, 0, 2] - gx,
-                      m[:, 1, 0] * gx + m[:, 1, 1] * gy + m[:, 1, 2] - gy], 1)
-    w = weight[ys, xs][:, None]
-    iy, ix = ys + by0 - y0, xs + bx0 - x0
+    w = np.clip(cv2.distanceTransform(good.astype(np.uint8), cv2.DIST_L2, 3) / FEATHER_PX, 0, 1)
+    coarse = disp[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
     # Where the two maps agree within a few pixels the coarse one is kept: it averages landmark
     # noise that the exact map would show. Where they part (a lid closing, a lip line) the exact
     # one takes over.
-    w = w * np.clip(np.linalg.norm(exact - disp[iy, ix], axis=1, keepdims=True) / EXACT_TAKEOVER_PX, 0, 1)
-    disp[iy, ix] = w * exact + (1 - w) * disp[iy, ix]
-
+    w = (w * np.clip(np.linalg.norm(exact - coarse, axis=-1) / EXACT_TAKEOVER_PX, 0, 1))[..., None]
+    coarse[...] = w * exact + (1 - w) * coarse
 
 
 def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
@@ -259,6 +278,17 @@ def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
 
 MOUTH_OPEN_START = 0.04  # extra opening (gap / mouth width beyond the portrait's) where the cavity starts
 MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
+
+
+_UPPER_INNER = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308])
+_LOWER_INNER = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308])
+TEETH_STRENGTH = 0.6  # opacity of the upper teeth's hint in an open mouth
+
+
+def _by_x(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of a lip line, ordered by x (for np.interp)."""
+    order = np.argsort(points[:, 0])
+    return points[order, 0], points[order, 1]
 
 
 def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
@@ -280,11 +310,23 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     mask = np.zeros((y1 - y0, x1 - x0), np.float32)
     cv2.fillPoly(mask, [np.round(local * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, gap * 0.06))
-    # Teeth: a band under the upper lip, about 40% of the opening tall, fading downwards.
+    # Where each pixel sits in the opening: t = 0 on the upper inner lip, 1 on the lower one
+    # (per column, so the interior follows a tilted or curved mouth); u = 0 at the centre, 1 at
+    # the corners.
+    upper, lower = xy[_UPPER_INNER], xy[_LOWER_INNER]
+    cols = np.arange(x0, x1, dtype=np.float32)
+    top = np.interp(cols, *_by_x(upper))[None, :]
+    bottom = np.interp(cols, *_by_x(lower))[None, :]
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    upper_y = xy[fm.UPPER_INNER_LIP, 1]
-    teeth_w = np.clip(1.4 - (ys - upper_y) / max(gap * 0.4, 1.0), 0, 1) * 0.8
-    colour = style.cavity[None, None, :] * (1 - teeth_w[..., None]) + style.teeth * teeth_w[..., None]
+    t = (ys - top) / np.maximum(bottom - top, 1.0)
+    centre = (xy[fm.MOUTH_CORNERS[0], 0] + xy[fm.MOUTH_CORNERS[1], 0]) / 2
+    u = np.abs(cols[None, :] - centre) / (width / 2)
+    # Teeth: the upper row, under the upper lip, a third of the opening tall, fading towards the
+    # corners, where the cavity is darkest.
+    teeth_w = (np.clip((0.33 - t) / 0.12, 0, 1) * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH)
+    shade = 1.0 - 0.45 * np.clip(u, 0, 1) ** 2
+    colour = (style.cavity[None, None, :] * shade[..., None] * (1 - teeth_w[..., None])
+              + style.teeth * teeth_w[..., None])
     alpha = (mask * strength)[..., None]
     region = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = (region * (1 - alpha) + colour * alpha).astype(np.uint8)
