@@ -651,6 +651,7 @@ class EvalOptions:
     size: tuple[int, int] | None = None  # cross-reenactment canvas (self: always the clip's size)
     max_side: int = 1024
     expression_gain: float = 1.0
+    feature_gains: dict[str, float] = field(default_factory=dict)  # --feature-gain, as `run`
 
 
 def eval_config(task: EvalTask, portrait: Path, clip: ClipInfo, options: EvalOptions,
@@ -668,6 +669,7 @@ def eval_config(task: EvalTask, portrait: Path, clip: ClipInfo, options: EvalOpt
                      landmarker_model=options.landmarker_model, engine=task.engine,
                      checkpoint=options.checkpoint, backend=options.backend, size=size,
                      max_side=options.max_side, expression_gain=options.expression_gain,
+                     feature_gains=dict(options.feature_gains),
                      vcam=False, preview=False, record=None, max_frames=max_frames,
                      engine_dir=options.engine_dir, **neutral)
 
@@ -838,6 +840,7 @@ class BenchSpec:
     backend: str = "auto"
     engine_dir: str = "engines"
     expression_gain: float = 1.0
+    feature_gains: dict[str, float] = field(default_factory=dict)  # --feature-gain, as `run`
     # With --model-config: the preset whose random (untrained) checkpoint is `checkpoint`, and
     # the generator's resolution; None for a trained checkpoint.
     model_config: str | None = None
@@ -895,7 +898,8 @@ def bench_config(spec: BenchSpec, record_path: Path | None) -> "RunConfig":
                      engine=spec.engine,
                      checkpoint=Path(spec.checkpoint) if spec.checkpoint else None,
                      backend=spec.backend, size=spec.size, max_side=spec.max_side,
-                     expression_gain=spec.expression_gain, vcam=False, preview=False,
+                     expression_gain=spec.expression_gain, feature_gains=dict(spec.feature_gains),
+                     vcam=False, preview=False,
                      record=record_path, max_frames=spec.frames, engine_dir=Path(spec.engine_dir),
                      calibration_dir=Path(spec.calibration_dir))
 

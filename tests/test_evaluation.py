@@ -306,3 +306,25 @@ def test_bench_neural_argument_errors_are_one_line(extra, message, capsys):
     assert main(["bench", "--driving", str(clip), "--portrait", str(portrait)] + extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("live-puppet: error:")
+
+
+class _Captured(BaseException):  # not an Exception: main() reports those and returns
+    pass
+
+
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_eval_and_bench_honour_feature_gains(command, tmp_path, monkeypatch):
+    """--feature-gain reaches the pipeline that eval and bench run, as it does for run."""
+    clip = need(DRIVING / "d0.mp4")
+    seen = {}
+
+    def capture(_first, options=None, **_):
+        seen["gains"] = (options if command == "eval" else _first).feature_gains
+        raise _Captured
+
+    monkeypatch.setattr(ev, "run_eval" if command == "eval" else "run_bench_spec", capture)
+    args = (["eval", "--self", str(clip), "--out", str(tmp_path)] if command == "eval" else
+            ["bench", "--driving", str(clip), "--portrait", str(need(PORTRAITS / "mona_lisa.jpg"))])
+    with pytest.raises(_Captured):
+        main(args + ["--feature-gain", "brow=2", "--feature-gain", "eye=1.5"])
+    assert seen["gains"] == {"brow": 2.0, "eye": 1.5}
