@@ -255,8 +255,17 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     openings, skin = np.flatnonzero(ok[:n]), n + np.flatnonzero(ok[n:])
     owner, exact = rasterize(np.concatenate([openings, skin]))
     owner_r, reverse = rasterize(np.concatenate([openings[::-1], skin[::-1]]))
+    # Where an eye closes, the lid above and the one below meet along a line across which the map
+    # rightly jumps; so do the lips around the mouth's opening. Such jumps are not tears: conflicts
+    # between two triangles of the same rim are kept exact while that eye is narrower than the
+    # portrait's own, and always around the mouth. (A wide-open eye's rim can fold: that is a tear.)
+    closing = np.array([False, True, True, True])  # by rim label; 0: not on a rim
+    src_area = np.abs(np.linalg.det(np.concatenate([q.transpose(0, 2, 1), ones], 1)))
+    for label in (1, 2):
+        inside = mesh.rims[:n] == label
+        closing[label] = np.abs(det[:n][inside]).sum() < src_area[:n][inside].sum()
     rim, rim_r = mesh.rims[np.maximum(owner, 0)], mesh.rims[np.maximum(owner_r, 0)]
-    torn = (np.linalg.norm(exact - reverse, axis=-1) > 0.75) & ((rim == 0) | (rim != rim_r))
+    torn = (np.linalg.norm(exact - reverse, axis=-1) > 0.75) & ~((rim == rim_r) & closing[rim])
     good = (owner >= 0) & ~cv2.dilate(torn.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     # Feathered into the coarse map over a few pixels, so that the two meet without a step.
     w = np.clip(cv2.distanceTransform(good.astype(np.uint8), cv2.DIST_L2, 3) / FEATHER_PX, 0, 1)
