@@ -229,8 +229,9 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     ones = np.ones((len(tri), 1, 3))
     a = np.concatenate([p.transpose(0, 2, 1), ones], 1)  # T x 3 x 3
     det = np.linalg.det(a)
+    src_det = np.linalg.det(np.concatenate([q.transpose(0, 2, 1), ones], 1))
     # A triangle the target turned over has no sensible map; one squeezed flat covers nothing.
-    ok = (det * np.linalg.det(np.concatenate([q.transpose(0, 2, 1), ones], 1)) > 0) & (np.abs(det) > 1e-3)
+    ok = (det * src_det > 0) & (np.abs(det) > 1e-3)
     affine = np.zeros((len(tri), 2, 3))
     affine[ok] = q.transpose(0, 2, 1)[ok] @ np.linalg.inv(a[ok])  # target (x, y, 1) -> source
     bx0, by0 = np.maximum(np.floor(p.reshape(-1, 2).min(0)).astype(int) - 1, (x0, y0))
@@ -238,34 +239,40 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     if bx1 <= bx0 or by1 <= by0:
         return
     corners = np.round((p - (bx0, by0)) * 16).astype(np.int32)
-    shape = (by1 - by0, bx1 - bx0)
-    gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+    affine = affine.astype(np.float32)
 
-    def rasterize(order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        owner = np.full(shape, -1, np.int32)
+    def rasterize(order: np.ndarray) -> np.ndarray:
+        owner = np.full((by1 - by0, bx1 - bx0), -1, np.int32)
         for k in order:
             cv2.fillConvexPoly(owner, corners[k], int(k), shift=4)
-        m = affine[np.maximum(owner, 0)]
-        exact = np.stack([m[..., 0, 0] * gx + m[..., 0, 1] * gy + m[..., 0, 2] - gx,
-                          m[..., 1, 0] * gx + m[..., 1, 1] * gy + m[..., 1, 2] - gy], -1)
-        return owner, exact
+        return owner
+
+    def mapped(owner: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """The exact displacement at pixels (xs, ys) of the box, through their owners."""
+        m = affine[owner]
+        return np.stack([m[..., 0, 0] * xs + m[..., 0, 1] * ys + m[..., 0, 2] - xs,
+                         m[..., 1, 0] * xs + m[..., 1, 1] * ys + m[..., 1, 2] - ys], -1)
 
     # The openings go first in both orders: where a shut lid covers one, the lid wins either way.
     n = mesh.n_openings
     openings, skin = np.flatnonzero(ok[:n]), n + np.flatnonzero(ok[n:])
-    owner, exact = rasterize(np.concatenate([openings, skin]))
-    owner_r, reverse = rasterize(np.concatenate([openings[::-1], skin[::-1]]))
+    owner = rasterize(np.concatenate([openings, skin]))
+    owner_r = rasterize(np.concatenate([openings[::-1], skin[::-1]]))
+    gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+    exact = mapped(np.maximum(owner, 0), gx, gy)
     # Where an eye closes, the lid above and the one below meet along a line across which the map
     # rightly jumps; so do the lips around the mouth's opening. Such jumps are not tears: conflicts
     # between two triangles of the same rim are kept exact while that eye is narrower than the
     # portrait's own, and always around the mouth. (A wide-open eye's rim can fold: that is a tear.)
     closing = np.array([False, True, True, True])  # by rim label; 0: not on a rim
-    src_area = np.abs(np.linalg.det(np.concatenate([q.transpose(0, 2, 1), ones], 1)))
     for label in (1, 2):
         inside = mesh.rims[:n] == label
-        closing[label] = np.abs(det[:n][inside]).sum() < src_area[:n][inside].sum()
-    rim, rim_r = mesh.rims[np.maximum(owner, 0)], mesh.rims[np.maximum(owner_r, 0)]
-    torn = (np.linalg.norm(exact - reverse, axis=-1) > 0.75) & ~((rim == rim_r) & closing[rim])
+        closing[label] = np.abs(det[:n][inside]).sum() < np.abs(src_det[:n][inside]).sum()
+    torn = np.zeros(owner.shape, bool)
+    cy, cx = np.nonzero((owner != owner_r) & (owner >= 0))
+    a_, b_ = owner[cy, cx], owner_r[cy, cx]
+    jump = np.linalg.norm(exact[cy, cx] - mapped(b_, gx[cy, cx], gy[cy, cx]), axis=-1) > 0.75
+    torn[cy, cx] = jump & ~((mesh.rims[a_] == mesh.rims[b_]) & closing[mesh.rims[a_]])
     good = (owner >= 0) & ~cv2.dilate(torn.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     # Feathered into the coarse map over a few pixels, so that the two meet without a step.
     w = np.clip(cv2.distanceTransform(good.astype(np.uint8), cv2.DIST_L2, 3) / FEATHER_PX, 0, 1)
