@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from live_puppet import face_mesh as fm
 from live_puppet.render import create_engine
@@ -20,23 +21,38 @@ def test_the_rest_pose_reproduces_the_portrait_exactly(astronaut_portrait):
     assert np.abs(out.astype(int) - astronaut_portrait.image).max() <= 1
 
 
-def test_an_opened_mouth_shows_a_dark_interior(astronaut_portrait):
+@pytest.mark.parametrize("tilt_deg", [0, 90])
+def test_an_opened_mouth_shows_a_dark_interior(astronaut_portrait, tilt_deg):
     engine = create_engine("warp")
     p = astronaut_portrait
     lms = p.face.landmarks.copy()
     face_h = np.ptp(lms[:, 1])
     lower = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 314, 181, 405, 91, 321, 152, 148, 377]
     lms[lower, 1] += 0.12 * face_h
+    # A tilted head: the whole face turned in the picture plane about its centre.
+    a = np.radians(tilt_deg)
+    turn = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    centre = lms[:, :2].mean(0)
+    lms[:, :2] = (lms[:, :2] - centre) @ turn.T + centre
     out = engine.render(p, target_for(p, lms))
-    mouth_centre = ((lms[fm.UPPER_INNER_LIP, :2] + lms[fm.LOWER_INNER_LIP, :2]) / 2).astype(int)
-    x, y = mouth_centre
+    top, bottom = lms[fm.UPPER_INNER_LIP, :2], lms[fm.LOWER_INNER_LIP, :2]
+    x, y = ((top + bottom) / 2).astype(int)
     before = p.image[y - 2:y + 3, x - 2:x + 3].mean()
     after = out[y - 2:y + 3, x - 2:x + 3].mean()
     assert after < before * 0.6  # dark cavity, not stretched lips
-    # A hint of the upper teeth just under the upper lip, lighter than the cavity below it.
-    top, bottom = lms[fm.UPPER_INNER_LIP, 1], lms[fm.LOWER_INNER_LIP, 1]
-    teeth_y, cavity_y = int(top + 0.15 * (bottom - top)), int(top + 0.7 * (bottom - top))
-    assert out[teeth_y - 1:teeth_y + 2, x - 3:x + 4].mean() > out[cavity_y - 1:cavity_y + 2, x - 3:x + 4].mean() + 30
+    # A hint of the upper teeth just under the upper lip, lighter than the cavity below it,
+    # however the head is tilted.
+    tx, ty = (top + 0.15 * (bottom - top)).astype(int)
+    cx, cy = (top + 0.7 * (bottom - top)).astype(int)
+    assert out[ty - 1:ty + 2, tx - 1:tx + 2].mean() > out[cy - 1:cy + 2, cx - 1:cx + 2].mean() + 30
+
+
+def test_landmarks_that_are_not_finite_show_the_portrait(astronaut_portrait):
+    p = astronaut_portrait
+    lms = p.face.landmarks.copy()
+    lms[5] = np.nan
+    out = create_engine("warp").render(p, target_for(p, lms))
+    assert np.array_equal(out, p.image)
 
 
 def test_closed_lids_read_as_a_blink(astronaut_portrait, image_tracker):

@@ -164,7 +164,7 @@ class WarpEngine(Engine):
         return disp
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
-        if target is None:
+        if target is None or not np.isfinite(target.landmarks).all():
             return portrait.image
         self.prepare(portrait)
         mesh: _WarpMesh = portrait.extras["warp"]
@@ -188,6 +188,7 @@ _EXACT_POINTS = np.unique(np.concatenate([fm.FACE_OVAL, fm.RIGHT_EYE, fm.LEFT_EY
                                           _CHEEKS_FOREHEAD]))
 FEATHER_PX = 4.0  # width of the blend from the exact face map into the coarse map at its edge
 EXACT_TAKEOVER_PX = 3.0  # difference between the maps (px) from which the exact one is used alone
+CLOSING_AREA = 0.85  # an eye counts as closing below this share of the portrait's own eye area
 
 
 def _face_triangles(xy: np.ndarray) -> dict:
@@ -258,30 +259,36 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     openings, skin = np.flatnonzero(ok[:n]), n + np.flatnonzero(ok[n:])
     owner = rasterize(np.concatenate([openings, skin]))
     owner_r = rasterize(np.concatenate([openings[::-1], skin[::-1]]))
-    gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
-    exact = mapped(np.maximum(owner, 0), gx, gy)
+    ys, xs = np.nonzero(owner >= 0)
+    if len(ys) == 0:
+        return
+    gx, gy = (xs + bx0).astype(np.float32), (ys + by0).astype(np.float32)
+    own, own_r = owner[ys, xs], owner_r[ys, xs]
+    exact = mapped(own, gx, gy)
     # Where an eye closes, the lid above and the one below meet along a line across which the map
     # rightly jumps; so do the lips around the mouth's opening. Such jumps are not tears: conflicts
-    # between two triangles of the same rim are kept exact while that eye is narrower than the
-    # portrait's own, and always around the mouth. (A wide-open eye's rim can fold: that is a tear.)
+    # between two triangles of the same rim are kept exact while that eye is clearly narrower than
+    # the portrait's own, and always around the mouth. (A wide-open eye's rim can fold: a tear.)
     closing = np.array([False, True, True, True])  # by rim label; 0: not on a rim
     for label in (1, 2):
         inside = mesh.rims[:n] == label
-        closing[label] = np.abs(det[:n][inside]).sum() < np.abs(src_det[:n][inside]).sum()
-    torn = np.zeros(owner.shape, bool)
-    cy, cx = np.nonzero((owner != owner_r) & (owner >= 0))
-    a_, b_ = owner[cy, cx], owner_r[cy, cx]
-    jump = np.linalg.norm(exact[cy, cx] - mapped(b_, gx[cy, cx], gy[cy, cx]), axis=-1) > 0.75
-    torn[cy, cx] = jump & ~((mesh.rims[a_] == mesh.rims[b_]) & closing[mesh.rims[a_]])
-    good = (owner >= 0) & ~cv2.dilate(torn.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        closing[label] = (np.abs(det[:n][inside]).sum()
+                          < CLOSING_AREA * np.abs(src_det[:n][inside]).sum())
+    c = np.flatnonzero(own != own_r)
+    rims_a, rims_b = mesh.rims[own[c]], mesh.rims[own_r[c]]
+    jump = np.linalg.norm(exact[c] - mapped(own_r[c], gx[c], gy[c]), axis=-1) > 0.75
+    torn = np.zeros(owner.shape, np.uint8)
+    torn[ys[c], xs[c]] = jump & ~((rims_a == rims_b) & closing[rims_a])
+    good = (owner >= 0) & ~cv2.dilate(torn, np.ones((3, 3), np.uint8)).astype(bool)
     # Feathered into the coarse map over a few pixels, so that the two meet without a step.
-    w = np.clip(cv2.distanceTransform(good.astype(np.uint8), cv2.DIST_L2, 3) / FEATHER_PX, 0, 1)
-    coarse = disp[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
+    feather = cv2.distanceTransform(good.astype(np.uint8), cv2.DIST_L2, 3)[ys, xs] / FEATHER_PX
+    iy, ix = ys + by0 - y0, xs + bx0 - x0
+    coarse = disp[iy, ix]
     # Where the two maps agree within a few pixels the coarse one is kept: it averages landmark
     # noise that the exact map would show. Where they part (a lid closing, a lip line) the exact
     # one takes over.
-    w = (w * np.clip(np.linalg.norm(exact - coarse, axis=-1) / EXACT_TAKEOVER_PX, 0, 1))[..., None]
-    coarse[...] = w * exact + (1 - w) * coarse
+    w = (np.clip(feather, 0, 1) * np.clip(np.linalg.norm(exact - coarse, axis=-1) / EXACT_TAKEOVER_PX, 0, 1))[:, None]
+    disp[iy, ix] = w * exact + (1 - w) * coarse
 
 
 def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
@@ -326,17 +333,22 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     mask = np.zeros((y1 - y0, x1 - x0), np.float32)
     cv2.fillPoly(mask, [np.round(local * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
     mask = cv2.GaussianBlur(mask, (0, 0), max(0.6, gap * 0.06))
-    # Where each pixel sits in the opening: t = 0 on the upper inner lip, 1 on the lower one
-    # (per column, so the interior follows a tilted or curved mouth); u = 0 at the centre, 1 at
-    # the corners.
-    upper, lower = xy[_UPPER_INNER], xy[_LOWER_INNER]
-    cols = np.arange(x0, x1, dtype=np.float32)
-    top = np.interp(cols, *_by_x(upper))[None, :]
-    bottom = np.interp(cols, *_by_x(lower))[None, :]
-    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    t = (ys - top) / np.maximum(bottom - top, 1.0)
-    centre = (xy[fm.MOUTH_CORNERS[0], 0] + xy[fm.MOUTH_CORNERS[1], 0]) / 2
-    u = np.abs(cols[None, :] - centre) / (width / 2)
+    # Where each pixel sits in the opening, in the mouth's own frame (x along the line between the
+    # corners, so a tilted head tilts the interior with it): t = 0 on the upper inner lip, 1 on
+    # the lower one; u = 0 at the centre, 1 at the corners.
+    left, right = xy[fm.MOUTH_CORNERS[0]], xy[fm.MOUTH_CORNERS[1]]
+    centre = (left + right) / 2
+    ax = (right - left) / width  # unit vector along the mouth
+    ay = np.array([-ax[1], ax[0]])  # ... and across it
+    if np.dot(xy[fm.LOWER_INNER_LIP] - xy[fm.UPPER_INNER_LIP], ay) < 0:
+        ay = -ay  # pointing from the upper lip to the lower one
+    to_mouth = lambda pts: np.stack([(pts - centre) @ ax, (pts - centre) @ ay], -1)  # noqa: E731
+    gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    px = to_mouth(np.stack([gx, gy], -1))
+    top = np.interp(px[..., 0], *_by_x(to_mouth(xy[_UPPER_INNER])))
+    bottom = np.interp(px[..., 0], *_by_x(to_mouth(xy[_LOWER_INNER])))
+    t = (px[..., 1] - top) / np.maximum(bottom - top, 1.0)
+    u = np.abs(px[..., 0]) / (width / 2)
     # Teeth: the upper row, under the upper lip, a third of the opening tall, fading towards the
     # corners, where the cavity is darkest.
     teeth_w = (np.clip((0.33 - t) / 0.12, 0, 1) * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH)
