@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from live_puppet.calibration import euler_angles, rotation_from_euler  # noqa: F401 (re-exported)
+from live_puppet.calibration import euler_angles
 from live_puppet.errors import UserError
 from live_puppet.sinks import FrameInfo, RecorderSink, Sink
 from live_puppet.types import FaceState

@@ -80,7 +80,7 @@ def eval_handler(args: argparse.Namespace) -> int:
         sheet_every=args.sheet_every, video=args.video, landmarker_model=args.landmarker_model,
         checkpoint=args.checkpoint, backend=args.backend, engine_dir=args.engine_dir,
         size=args.size, max_side=args.max_side, expression_gain=args.expression_gain,
-        feature_gains=dict(args.feature_gains or ()))
+        feature_gains=dict(args.feature_gains))
     report = ev.run_eval(tasks, options, progress=_progress)
     print(report.table(), flush=True)
     print(f"Frames scored: 1..{args.frames or 'end'} of each clip; PSNR capped at "
@@ -208,7 +208,7 @@ def bench_handler(args: argparse.Namespace) -> int:
         landmarker_model=str(args.landmarker_model.resolve()) if args.landmarker_model else None,
         checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
         backend=backends[0], engine_dir=str(args.engine_dir.resolve()),
-        expression_gain=args.expression_gain, feature_gains=dict(args.feature_gains or ()),
+        expression_gain=args.expression_gain, feature_gains=dict(args.feature_gains),
         calibration_dir=str(args.calibration_dir.resolve()))
     with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
         models = _random_models(args.model_config, args.model_size, Path(tmp)) \

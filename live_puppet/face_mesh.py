@@ -11,6 +11,9 @@ FACE_OVAL = np.array([
 INNER_LIPS = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308,
                        324, 318, 402, 317, 14, 87, 178, 88, 95])
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14
+# The same loop as the upper and the lower lip line, each from corner to corner.
+UPPER_INNER_LINE = INNER_LIPS[:11]
+LOWER_INNER_LINE = np.r_[INNER_LIPS[10:], INNER_LIPS[0]]
 MOUTH_CORNERS = (78, 308)
 # The outer edge of the lips.
 OUTER_LIPS = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291,

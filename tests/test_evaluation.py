@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DRIVING, PORTRAITS, need
 from live_puppet import evaluation as ev
+from live_puppet.calibration import euler_angles, rotation_from_euler
 from live_puppet.cli import main
 from live_puppet.retarget import matrix_rotation
 from live_puppet.types import FaceState
@@ -63,8 +64,8 @@ def test_face_scores_see_only_the_face_box():
 
 @pytest.mark.parametrize("angles", [(0, 0, 0), (20, 0, 0), (0, -15, 0), (0, 0, 10), (25, -10, 8)])
 def test_head_angles_round_trip_through_mediapipes_matrix(angles):
-    r_image = ev.rotation_from_euler(*angles)
-    assert ev.euler_angles(r_image) == pytest.approx(angles, abs=1e-9)
+    r_image = rotation_from_euler(*angles)
+    assert euler_angles(r_image) == pytest.approx(angles, abs=1e-9)
     gl = np.diag([1.0, -1.0, -1.0])  # MediaPipe's matrix is in OpenGL axes
     matrix = np.eye(4)
     matrix[:3, :3] = gl @ r_image @ gl * 1.3  # with some scale, as MediaPipe's has

@@ -52,6 +52,7 @@ class _WarpMesh:
     n_openings: int  # the first n_openings triangles fill the eye and mouth openings
     rims: np.ndarray  # per triangle: 1, 2 or 3 if it touches the right eye's, left eye's or the
     # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
+    source_det: np.ndarray  # per triangle: twice its signed area on the portrait
 
 
 @dataclass
@@ -214,7 +215,13 @@ def _face_triangles(xy: np.ndarray) -> dict:
     rims = np.zeros(len(triangles), np.int8)
     for label, loop in enumerate((fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS), 1):
         rims[np.isin(triangles, loop).any(1)] = label
-    return {"triangles": triangles, "n_openings": int(opening.sum()), "rims": rims}
+    return {"triangles": triangles, "n_openings": int(opening.sum()), "rims": rims,
+            "source_det": _signed_det(xy[triangles, :2].astype(np.float64))}
+
+
+def _signed_det(corners: np.ndarray) -> np.ndarray:
+    """Per triangle (T x 3 x 2 corners): the determinant of [x; y; 1], twice its signed area."""
+    return np.linalg.det(np.concatenate([corners.transpose(0, 2, 1), np.ones((len(corners), 1, 3))], 1))
 
 
 def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
@@ -227,10 +234,9 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     tri = mesh.triangles
     p = dst[tri].astype(np.float64)  # T x 3 x 2 target corners
     q = mesh.source[tri].astype(np.float64)  # ... and where they come from
-    ones = np.ones((len(tri), 1, 3))
-    a = np.concatenate([p.transpose(0, 2, 1), ones], 1)  # T x 3 x 3
+    a = np.concatenate([p.transpose(0, 2, 1), np.ones((len(tri), 1, 3))], 1)  # T x 3 x 3
     det = np.linalg.det(a)
-    src_det = np.linalg.det(np.concatenate([q.transpose(0, 2, 1), ones], 1))
+    src_det = mesh.source_det
     # A triangle the target turned over has no sensible map; one squeezed flat covers nothing.
     ok = (det * src_det > 0) & (np.abs(det) > 1e-3)
     affine = np.zeros((len(tri), 2, 3))
@@ -303,8 +309,6 @@ MOUTH_OPEN_START = 0.04  # extra opening (gap / mouth width beyond the portrait'
 MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
 
 
-_UPPER_INNER = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308])
-_LOWER_INNER = np.array([78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308])
 TEETH_STRENGTH = 0.6  # opacity of the upper teeth's hint in an open mouth
 
 
@@ -345,8 +349,8 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     to_mouth = lambda pts: np.stack([(pts - centre) @ ax, (pts - centre) @ ay], -1)  # noqa: E731
     gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     px = to_mouth(np.stack([gx, gy], -1))
-    top = np.interp(px[..., 0], *_by_x(to_mouth(xy[_UPPER_INNER])))
-    bottom = np.interp(px[..., 0], *_by_x(to_mouth(xy[_LOWER_INNER])))
+    top = np.interp(px[..., 0], *_by_x(to_mouth(xy[fm.UPPER_INNER_LINE])))
+    bottom = np.interp(px[..., 0], *_by_x(to_mouth(xy[fm.LOWER_INNER_LINE])))
     t = (px[..., 1] - top) / np.maximum(bottom - top, 1.0)
     u = np.abs(px[..., 0]) / (width / 2)
     # Teeth: the upper row, under the upper lip, a third of the opening tall, fading towards the
