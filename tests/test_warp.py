@@ -47,6 +47,26 @@ def test_an_opened_mouth_shows_a_dark_interior(astronaut_portrait, tilt_deg):
     assert out[ty - 1:ty + 2, tx - 1:tx + 2].mean() > out[cy - 1:cy + 2, cx - 1:cx + 2].mean() + 30
 
 
+def test_the_teeth_are_a_band_under_the_upper_lip_not_a_share_of_the_opening(astronaut_portrait):
+    # A quarter of the way down the gap: teeth when the lips are just parted (as in the smiles of
+    # d0.mp4 and d19.mp4), the dark cavity when the jaw has dropped.
+    p = astronaut_portrait
+    engine = create_engine("warp")
+    lower = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 314, 181, 405, 91, 321, 152, 148, 377]
+    width = np.linalg.norm(p.face.xy[fm.MOUTH_CORNERS[0]] - p.face.xy[fm.MOUTH_CORNERS[1]])
+
+    def quarter_down_the_gap(drop):
+        lms = p.face.landmarks.copy()
+        lms[lower, 1] += drop
+        out = engine.render(p, target_for(p, lms))
+        top, bottom = lms[fm.UPPER_INNER_LIP, :2], lms[fm.LOWER_INNER_LIP, :2]
+        x, y = (top + 0.25 * (bottom - top)).astype(int)
+        return out[y - 1:y + 2, x - 1:x + 2].mean()
+
+    parted, dropped = quarter_down_the_gap(width / 6), quarter_down_the_gap(width * 0.6)
+    assert parted > dropped + 30
+
+
 def test_landmarks_that_are_not_finite_show_the_portrait(astronaut_portrait):
     p = astronaut_portrait
     lms = p.face.landmarks.copy()

@@ -310,6 +310,9 @@ MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
 
 
 TEETH_STRENGTH = 0.6  # opacity of the upper teeth's hint in an open mouth
+UPPER_TEETH = 0.12  # how far the upper teeth show under the upper lip, in mouth widths
+LOWER_TEETH = 0.05  # the same for the lower teeth over the lower lip
+TEETH_FADE = 0.04  # the teeth's soft edge towards the cavity, in mouth widths
 
 
 def _by_x(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,11 +354,15 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     px = to_mouth(np.stack([gx, gy], -1))
     top = np.interp(px[..., 0], *_by_x(to_mouth(xy[fm.UPPER_INNER_LINE])))
     bottom = np.interp(px[..., 0], *_by_x(to_mouth(xy[fm.LOWER_INNER_LINE])))
-    t = (px[..., 1] - top) / np.maximum(bottom - top, 1.0)
+    below_upper = (px[..., 1] - top) / width  # depth under the upper lip, in mouth widths
+    above_lower = (bottom - px[..., 1]) / width
     u = np.abs(px[..., 0]) / (width / 2)
-    # Teeth: the upper row, under the upper lip, a third of the opening tall, fading towards the
-    # corners, where the cavity is darkest.
-    teeth_w = (np.clip((0.33 - t) / 0.12, 0, 1) * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH)
+    # Teeth: a band of fixed height under the upper lip (and a thinner, fainter one over the lower),
+    # fading towards the corners, where the cavity is darkest. Lips just parted show teeth across
+    # the whole gap; the dark cavity appears between the rows as the jaw drops.
+    rows = np.maximum(np.clip((UPPER_TEETH - below_upper) / TEETH_FADE, 0, 1),
+                      0.5 * np.clip((LOWER_TEETH - above_lower) / TEETH_FADE, 0, 1))
+    teeth_w = rows * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH
     shade = 1.0 - 0.45 * np.clip(u, 0, 1) ** 2
     colour = (style.cavity[None, None, :] * shade[..., None] * (1 - teeth_w[..., None])
               + style.teeth * teeth_w[..., None])
