@@ -67,6 +67,31 @@ def test_the_teeth_are_a_band_under_the_upper_lip_not_a_share_of_the_opening(ast
     assert parted > dropped + 30
 
 
+def test_an_opening_jaw_does_not_crush_the_skin_under_the_chin(astronaut_portrait):
+    # The chin drops further than the gap to the ring that holds the neck still: the ring must
+    # give way, or the skin under the chin is crushed to a sliver (Mona Lisa driven by d6.mp4
+    # showed a torn, mirrored wedge there).
+    p = astronaut_portrait
+    engine = create_engine("warp")
+    engine.prepare(p)
+    lms = p.face.landmarks.copy()
+    face_h = np.ptp(lms[:, 1])
+    lower = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 314, 181, 405, 91, 321]
+    jaw = fm.FACE_OVAL[12:25]  # ear to ear under the chin, dropping most at the chin
+    lms[lower, 1] += 0.1 * face_h
+    lms[jaw, 1] += 0.1 * face_h * np.sin(np.linspace(0, np.pi, len(jaw)))
+    mesh = p.extras["warp"]
+    disp = engine.displacement(mesh, target_for(p, lms))
+    map_x, map_y = mesh.base_x + disp[..., 0], mesh.base_y + disp[..., 1]
+    area = (np.gradient(map_x, axis=1) * np.gradient(map_y, axis=0)
+            - np.gradient(map_x, axis=0) * np.gradient(map_y, axis=1))  # portrait px per output px
+    x0, y0 = mesh.roi[:2]
+    cx, cy = lms[152, :2] - [x0, y0]
+    under_chin = area[int(cy - 0.05 * face_h):int(cy + 0.15 * face_h),
+                      int(cx - 0.15 * face_h):int(cx + 0.15 * face_h)]
+    assert under_chin.size and under_chin.min() > 0.3
+
+
 def test_landmarks_that_are_not_finite_show_the_portrait(astronaut_portrait):
     p = astronaut_portrait
     lms = p.face.landmarks.copy()

@@ -7,7 +7,8 @@ a cell) and applied with one cv2.remap. Over the face the coarse map cannot clos
 pixels wide or follow a lip line, so there an exact piecewise-affine map takes over wherever the two
 differ by more than a few pixels: fixed triangles (a Delaunay triangulation of the face, eye, brow,
 lip and nose outlines on the portrait), each output pixel mapped through its own. Anchors:
-- a ring around the face that follows the head rigidly, so hair and ears move with it;
+- a ring around the face that follows the head rigidly, so hair and ears move with it (under the
+  chin it hugs the face, so the neck stays still, and gives way to an opening jaw);
 - a wider ring and the image border that stay still, so shoulders and background do not swim.
 A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
 stretched lips.
@@ -41,6 +42,7 @@ class _WarpMesh:
 
     source: np.ndarray  # N x 2 source points: 478 landmarks, head ring, still points
     head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head
+    ring_follow: np.ndarray  # K: share of its face-oval point's own motion a ring point also takes
     n_landmarks: int
     roi: tuple[int, int, int, int]  # (x0, y0, x1, y1): outside it the warp is the identity
     grid: np.ndarray  # G x 2 coarse sample positions (pixel centres of the coarse map), image px
@@ -69,8 +71,14 @@ def _ring(landmarks_xy: np.ndarray, factor: float, chin_factor: float | None = N
     center = oval.mean(0)
     if chin_factor is None:
         return center + (oval - center) * factor
-    below = np.clip((oval[:, 1] - center[1]) / (np.ptp(oval[:, 1]) / 2 + 1e-6), 0, 1)[:, None]
+    below = _below_centre(landmarks_xy)[:, None]
     return center + (oval - center) * (factor + (chin_factor - factor) * below)
+
+
+def _below_centre(landmarks_xy: np.ndarray) -> np.ndarray:
+    """Per face-oval point: 0 above the oval's centre, rising to 1 at the bottom of the chin."""
+    oval = landmarks_xy[fm.FACE_OVAL]
+    return np.clip((oval[:, 1] - oval.mean(0)[1]) / (np.ptp(oval[:, 1]) / 2 + 1e-6), 0, 1)
 
 
 def _mouth_style(image: np.ndarray, xy: np.ndarray) -> _MouthStyle:
@@ -131,6 +139,7 @@ class WarpEngine(Engine):
                                      np.arange(y0, y1, dtype=np.float32))
         portrait.extras["warp"] = _WarpMesh(
             source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
+            ring_follow=_below_centre(xy).astype(np.float32),
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
             mouth=_mouth_style(portrait.image, xy), **_face_triangles(xy))
@@ -141,6 +150,14 @@ class WarpEngine(Engine):
         dst = mesh.source.copy()
         dst[:n] = target.landmarks[:, :2]
         dst[n:n + k] = target.move_rigid(mesh.head_ring)[:, :2]
+        # The ring under the chin also takes the outward part of the chin's own motion (an
+        # opening jaw), so the chin never crosses it and folds or tears the skin below.
+        oval = fm.FACE_OVAL
+        rest = target.move_rigid(mesh.source[oval])[:, :2]
+        outward = dst[n:n + k] - rest
+        outward /= np.linalg.norm(outward, axis=1, keepdims=True) + 1e-6
+        along = np.einsum("kc,kc->k", dst[oval] - rest, outward)
+        dst[n:n + k] += (mesh.ring_follow * np.maximum(along, 0.0))[:, None] * outward
         return dst
 
     def displacement(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
