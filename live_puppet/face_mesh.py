@@ -1,5 +1,7 @@
 """Named groups of MediaPipe's 478 face-mesh points, shared by retargeting and the engines."""
 
+from functools import lru_cache
+
 import numpy as np
 
 # The face outline, as a closed loop starting at the top of the forehead.
@@ -36,3 +38,21 @@ def expressive_points() -> np.ndarray:
     idx = {v for part in parts for c in part for v in (c.start, c.end)}
     idx |= set(FACE_OVAL[11:26].tolist())  # the jaw line, ear to ear under the chin
     return np.array(sorted(idx))
+
+
+@lru_cache(maxsize=1)
+def soft_tissue() -> tuple[np.ndarray, np.ndarray]:
+    """Cheek, forehead, nose and chin points (all but the expressive points and the brows), and
+    for each its neighbours in MediaPipe's face mesh as a padded index array (-1 = none)."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
+
+    neighbours: list[set[int]] = [set() for _ in range(478)]
+    for c in C.FACE_LANDMARKS_TESSELATION:
+        neighbours[c.start].add(c.end)
+        neighbours[c.end].add(c.start)
+    features = set(expressive_points().tolist()) | set(RIGHT_BROW.tolist()) | set(LEFT_BROW.tolist())
+    points = np.array([i for i in range(478) if i not in features and neighbours[i]])
+    table = np.full((len(points), max(len(neighbours[i]) for i in points)), -1)
+    for row, i in enumerate(points):
+        table[row, :len(neighbours[i])] = sorted(neighbours[i])
+    return points, table

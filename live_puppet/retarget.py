@@ -79,6 +79,7 @@ class RetargetSettings:
     mouth_gain: float = 1.0  # extra multiplier on the lips' offsets (fading out around them)
     jaw_gain: float = 1.0  # extra multiplier on the chin's offsets (fading out around it)
     gain_falloff: float = 0.12  # how far a feature gain reaches, as a fraction of the face size
+    soft_tissue_smoothing: int = 2  # passes of neighbour averaging on cheek/forehead/nose/chin motion
     neutral_frames: int = 5  # first frames with a face the neutral is chosen from (the calmest)
     neutral_keep: int = 3  # how many of the calmest are averaged
     neutral_refine_frames: int = 150  # later frames in which a clearly calmer face replaces it
@@ -105,6 +106,25 @@ _GAIN_FEATURES = {
     "mouth_gain": np.concatenate([fm.OUTER_LIPS, fm.INNER_LIPS]),
     "jaw_gain": fm.FACE_OVAL[14:23],  # the chin, between the jaw's corners
 }
+
+
+def smooth_soft_tissue(delta: np.ndarray, passes: int) -> np.ndarray:
+    """The expression offsets with the soft tissue's (cheeks, forehead, nose, chin) each averaged
+    half-and-half with its mesh neighbours', `passes` times; lips, lids, irises, jaw line and brows
+    keep theirs. A grimace squeezes neighbouring cheek points past each other; transferred to a
+    face of other proportions that folds the warp over at the face border (Mona Lisa driven by
+    d6.mp4: a lobe of cheek out over her hair, 702 folded pixels at frame 96; 97 after 2 passes).
+    """
+    if passes <= 0:
+        return delta
+    points, table = fm.soft_tissue()
+    valid = (table >= 0)[..., None]
+    count = valid.sum(1)
+    out = delta.copy()
+    for _ in range(passes):
+        around = np.where(valid, out[np.maximum(table, 0)], 0.0).sum(1) / count
+        out[points] = 0.5 * out[points] + 0.5 * around
+    return out
 
 
 def feature_gains(landmarks: np.ndarray, settings: RetargetSettings) -> np.ndarray:
@@ -241,7 +261,7 @@ class Retargeter:
         r, scale, t = umeyama(n.landmarks[RIGID_POINTS], driver[RIGID_POINTS])
         # Expression: what remains once that motion is undone, in the neutral's frame.
         undone = (driver - t) @ r / scale
-        delta = undone - n.landmarks
+        delta = smooth_soft_tissue(undone - n.landmarks, s.soft_tissue_smoothing)
 
         # Into the portrait: neutral head frame -> portrait head frame, driver size -> portrait size.
         size_ratio = self._p_size / n.size

@@ -4,7 +4,7 @@ import pytest
 
 from live_puppet import face_mesh as fm
 from live_puppet.retarget import (OneEuroFilter, Retargeter, RetargetSettings, clamp_rotation,
-                                  matrix_rotation, umeyama)
+                                  matrix_rotation, smooth_soft_tissue, umeyama)
 from live_puppet.types import FaceState
 
 
@@ -246,3 +246,33 @@ def test_flow_stabilizer_keeps_a_one_frame_blink(astronaut):
     blink[upper, 1] += 10.0  # the upper lid drops 10 px for one frame
     out = stab(astronaut, face_from(blink)).landmarks
     assert np.abs(out[upper, 1] - true[upper, 1]).min() > 9.5
+
+
+def test_squeezed_cheek_points_are_smoothed_so_the_mesh_does_not_fold(astronaut_portrait):
+    """Cheek points pushed past each other (as a grimace squeezes them) fold the face mesh; the
+    soft-tissue smoothing unfolds it, while a motion shared by the whole face is kept as it is."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections as C
+
+    edges = {(min(c.start, c.end), max(c.start, c.end)) for c in C.FACE_LANDMARKS_TESSELATION}
+    around = {}
+    for a, b in edges:
+        around.setdefault(a, set()).add(b)
+        around.setdefault(b, set()).add(a)
+    triangles = np.array(sorted({tuple(sorted((a, b, c))) for a, b in edges for c in around[a] & around[b]}))
+
+    def folded(points):
+        a, b, c = (points[triangles[:, k], :2] for k in range(3))
+        area = lambda a, b, c: (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])  # noqa: E731
+        r = rest[triangles[:, 0], :2], rest[triangles[:, 1], :2], rest[triangles[:, 2], :2]
+        return int(((area(a, b, c) * area(*r)) <= 0).sum())
+
+    rest = astronaut_portrait.face.landmarks.astype(np.float64)
+    soft, _ = fm.soft_tissue()
+    spacing = np.median(np.linalg.norm(rest[triangles[:, 0], :2] - rest[triangles[:, 1], :2], axis=1))
+    delta = np.zeros_like(rest)
+    delta[soft, :2] = np.random.default_rng(0).normal(scale=spacing, size=(len(soft), 2))
+    before = folded(rest + delta)
+    after = folded(rest + smooth_soft_tissue(delta, RetargetSettings().soft_tissue_smoothing))
+    assert before > 50 and after < before / 2
+    shift = np.tile([3.0, -2.0, 0.5], (478, 1))  # the whole face moving together
+    assert np.allclose(smooth_soft_tissue(shift, 2), shift)
