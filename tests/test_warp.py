@@ -92,6 +92,26 @@ def test_an_opening_jaw_does_not_crush_the_skin_under_the_chin(astronaut_portrai
     assert under_chin.size and under_chin.min() > 0.3
 
 
+@pytest.mark.parametrize("shift", [-0.2, 0.2])
+def test_the_painted_irises_follow_the_gaze(astronaut_portrait, image_tracker, shift):
+    # Both irises moved a fifth of the eye's width along it: the face tracker, run on the output,
+    # must see them move that way (the eye's other maps alone left them where they were).
+    p = astronaut_portrait
+    lms = p.face.landmarks.copy()
+    eyes = ((fm.RIGHT_EYE, fm.RIGHT_IRIS), (fm.LEFT_EYE, fm.LEFT_IRIS))
+    for loop, iris in eyes:
+        lms[iris, :2] += shift * (lms[loop[8], :2] - lms[loop[0], :2])
+    seen = image_tracker.track(create_engine("warp").render(p, target_for(p, lms))).landmarks
+
+    def along(landmarks, loop, iris):
+        a, b = landmarks[loop[0], :2], landmarks[loop[8], :2]
+        return float(np.dot(landmarks[iris[0], :2] - a, b - a) / np.dot(b - a, b - a))
+
+    for loop, iris in eyes:
+        moved = along(seen, loop, iris) - along(p.face.landmarks, loop, iris)
+        assert moved * np.sign(shift) > 0.04
+
+
 def test_landmarks_that_are_not_finite_show_the_portrait(astronaut_portrait):
     p = astronaut_portrait
     lms = p.face.landmarks.copy()

@@ -11,7 +11,7 @@ lip and nose outlines on the portrait), each output pixel mapped through its own
   chin it hugs the face, so the neck stays still, and gives way to an opening jaw);
 - a wider ring and the image border that stay still, so shoulders and background do not swim.
 A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
-stretched lips.
+stretched lips. Within each open eye the iris is moved along the eye to follow the gaze.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class _WarpMesh:
     rims: np.ndarray  # per triangle: 1, 2 or 3 if it touches the right eye's, left eye's or the
     # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
     source_det: np.ndarray  # per triangle: twice its signed area on the portrait
+    irises: list  # per eye whose iris the portrait shows: (eye loop, iris points, their (u, v)
+    # in the eye's frame on the portrait: u along the corners' line, v across it, in eye widths)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class WarpEngine(Engine):
             ring_follow=_below_centre(xy).astype(np.float32),
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
-            mouth=_mouth_style(portrait.image, xy), **_face_triangles(xy))
+            mouth=_mouth_style(portrait.image, xy), irises=_irises(xy), **_face_triangles(xy))
 
     def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """Where each source point goes: landmarks to the target, the ring with the head."""
@@ -163,6 +165,7 @@ class WarpEngine(Engine):
     def displacement(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """roi-sized H x W x 2 map: for each output pixel, the offset to the portrait pixel shown."""
         dst = self.target_points(mesh, target)
+        gaze = _irises_to_rest(dst, mesh)
         tri = Delaunay(dst)
         simplex = tri.find_simplex(mesh.grid)
         inside = simplex >= 0
@@ -179,6 +182,8 @@ class WarpEngine(Engine):
         x0, y0, x1, y1 = mesh.roi
         disp = cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         _exact_face_map(disp, mesh, dst[:mesh.n_landmarks])
+        for loop, u_now, u_rest in gaze:
+            _turn_eye(disp, mesh, dst[loop], u_now, u_rest)
         return disp
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
@@ -312,6 +317,81 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     # one takes over.
     w = (np.clip(feather, 0, 1) * np.clip(np.linalg.norm(exact - coarse, axis=-1) / EXACT_TAKEOVER_PX, 0, 1))[:, None]
     disp[iy, ix] = w * exact + (1 - w) * coarse
+
+
+# ----------------------------------------------------------------------------------------------
+# Gaze. Within an open eye the iris moves along the line between the corners; the eye's other
+# maps (coarse, exact) cannot show it (a painted iris is a few pixels across and the fan of
+# triangles around it folds), so they are built with the irises where the portrait has them, and
+# the eye's opening is then re-mapped along that line, piecewise linearly: the white on the side
+# the iris moves to is squeezed, the other side stretched, the corners stay.
+# ----------------------------------------------------------------------------------------------
+GAZE_LIMIT = 0.22  # furthest the iris centre may come to a corner, in eye widths
+GAZE_DEAD = 0.03  # smaller gaze shifts (eye widths) are MediaPipe's iris noise, not shown
+
+
+def _eye_frame(xy: np.ndarray, loop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An eye's origin (its first corner) and axis (to the other corner)."""
+    return xy[loop[0]], xy[loop[8]] - xy[loop[0]]
+
+
+def _to_eye(points: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """(u, v) of points in an eye's frame: along and across the corners' line, in eye widths."""
+    rel = points - origin
+    return np.stack([rel @ axis, rel @ np.array([-axis[1], axis[0]])], -1) / float(axis @ axis)
+
+
+def _from_eye(uv: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    return origin + uv[..., :1] * axis + uv[..., 1:] * np.array([-axis[1], axis[0]])
+
+
+def _irises(xy: np.ndarray) -> list:
+    eyes = []
+    for loop, iris in ((fm.RIGHT_EYE, fm.RIGHT_IRIS), (fm.LEFT_EYE, fm.LEFT_IRIS)):
+        inside = cv2.pointPolygonTest(xy[loop].astype(np.float32), tuple(map(float, xy[iris[0]])), True)
+        if inside > 1.0:  # an iris on the eye's rim (a turned head's far eye) is left alone
+            eyes.append((loop, iris, _to_eye(xy[iris], *_eye_frame(xy, loop))))
+    return eyes
+
+
+def _irises_to_rest(dst: np.ndarray, mesh: _WarpMesh) -> list:
+    """Put each iris of `dst` where the portrait has it in its eye (in place); return per eye
+    (loop, u of the target's iris centre, u of the portrait's) where the gaze moved."""
+    turns = []
+    for loop, iris, uv in mesh.irises:
+        origin, axis = _eye_frame(dst, loop)
+        if float(axis @ axis) < 4.0:
+            continue
+        u_now = float(np.clip(_to_eye(dst[iris[0]], origin, axis)[0], GAZE_LIMIT, 1 - GAZE_LIMIT))
+        dst[iris] = _from_eye(uv, origin, axis)
+        u_rest = float(np.clip(uv[0, 0], GAZE_LIMIT, 1 - GAZE_LIMIT))
+        shift = float(np.sign(u_now - u_rest)) * max(abs(u_now - u_rest) - GAZE_DEAD, 0.0)
+        if shift != 0.0:
+            turns.append((loop, float(u_rest + shift), u_rest))
+    return turns
+
+
+def _turn_eye(disp: np.ndarray, mesh: _WarpMesh, eye: np.ndarray, u_now: float, u_rest: float) -> None:
+    """Re-map the target eye opening (`eye`: its loop's target points) so that what sits at
+    u_rest in the map so far shows at u_now."""
+    x0, y0, x1, y1 = mesh.roi
+    bx0, by0 = np.maximum(np.floor(eye.min(0)).astype(int) - 1, (x0, y0))
+    bx1, by1 = np.minimum(np.ceil(eye.max(0)).astype(int) + 2, (x1, y1))
+    if bx1 - bx0 < 3 or by1 - by0 < 2:
+        return
+    mask = np.zeros((by1 - by0, bx1 - bx0), np.float32)
+    cv2.fillPoly(mask, [np.round((eye - (bx0, by0)) * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+    gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
+    origin, axis = eye[0], eye[8] - eye[0]
+    u = np.clip(_to_eye(np.stack([gx, gy], -1), origin, axis)[..., 0], 0.0, 1.0)
+    u_from = np.where(u <= u_now, u * (u_rest / u_now),
+                      u_rest + (u - u_now) * ((1 - u_rest) / (1 - u_now)))
+    qx = (gx + (u_from - u) * axis[0]).astype(np.float32)
+    qy = (gy + (u_from - u) * axis[1]).astype(np.float32)
+    at_q = cv2.remap(disp, qx - x0, qy - y0, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    turned = np.stack([qx + at_q[..., 0] - gx, qy + at_q[..., 1] - gy], -1)
+    region = disp[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
+    region += mask[..., None] * (turned - region)
 
 
 def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
