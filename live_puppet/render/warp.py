@@ -342,10 +342,12 @@ def _to_eye(points: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> np.ndar
 
 
 def _from_eye(uv: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Points at (u, v) in an eye's frame (the inverse of _to_eye)."""
     return origin + uv[..., :1] * axis + uv[..., 1:] * np.array([-axis[1], axis[0]])
 
 
 def _irises(xy: np.ndarray) -> list:
+    """Per eye of the portrait that shows its iris: (eye loop, iris points, their (u, v))."""
     eyes = []
     for loop, iris in ((fm.RIGHT_EYE, fm.RIGHT_IRIS), (fm.LEFT_EYE, fm.LEFT_IRIS)):
         inside = cv2.pointPolygonTest(xy[loop].astype(np.float32), tuple(map(float, xy[iris[0]])), True)
