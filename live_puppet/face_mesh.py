@@ -55,4 +55,5 @@ def soft_tissue() -> tuple[np.ndarray, np.ndarray]:
     table = np.full((len(points), max(len(neighbours[i]) for i in points)), -1)
     for row, i in enumerate(points):
         table[row, :len(neighbours[i])] = sorted(neighbours[i])
+    points.flags.writeable = table.flags.writeable = False  # shared by every caller
     return points, table

@@ -212,6 +212,9 @@ class FlowStabilizer:
         # Share of MediaPipe's estimate taken per frame when it agrees with the flow, per point.
         self.pull = np.full((478, 1), pull, np.float32)
         self.pull[fm.expressive_points()] = expressive_pull
+        # Points whose flow is used: all but those that take MediaPipe's estimate whole, and the
+        # rigid points, which place MediaPipe's mesh.
+        self._flowed = np.union1d(np.flatnonzero(self.pull.ravel() < 1.0), RIGID_POINTS)
         self._lk = dict(winSize=(window, window), maxLevel=levels,
                         criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03))
         self._gray: np.ndarray | None = None
@@ -231,9 +234,11 @@ class FlowStabilizer:
         if self._gray is None or self._gray.shape != gray.shape or len(measured) != len(self.pull):
             self._gray, self._points = gray, measured
             return face
-        flowed, status, _ = cv2.calcOpticalFlowPyrLK(self._gray, gray, self._points, None, **self._lk)
+        flowed, status, _ = cv2.calcOpticalFlowPyrLK(self._gray, gray, self._points[self._flowed], None,
+                                                     **self._lk)
         ok = status.ravel() == 1
-        predicted = np.where(ok[:, None], flowed, measured)
+        predicted = measured.copy()
+        predicted[self._flowed[ok]] = flowed[ok]
         # MediaPipe's mesh, moved onto where the flow says the head is.
         r, s, t = umeyama(measured[self.rigid].astype(np.float64), predicted[self.rigid].astype(np.float64))
         placed = (measured @ (s * r).T + t).astype(np.float32)

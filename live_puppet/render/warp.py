@@ -43,6 +43,7 @@ class _WarpMesh:
     source: np.ndarray  # N x 2 source points: 478 landmarks, head ring, still points
     head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head
     ring_follow: np.ndarray  # K: share of its face-oval point's own motion a ring point also takes
+    oval_3d: np.ndarray  # K x 3 the portrait's face-oval landmarks (x, y, depth)
     n_landmarks: int
     roi: tuple[int, int, int, int]  # (x0, y0, x1, y1): outside it the warp is the identity
     grid: np.ndarray  # G x 2 coarse sample positions (pixel centres of the coarse map), image px
@@ -142,6 +143,7 @@ class WarpEngine(Engine):
         portrait.extras["warp"] = _WarpMesh(
             source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
             ring_follow=_below_centre(xy).astype(np.float32),
+            oval_3d=portrait.face.landmarks[fm.FACE_OVAL].astype(np.float32),
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
             mouth=_mouth_style(portrait.image, xy), irises=_irises(xy), **_face_triangles(xy))
@@ -154,11 +156,10 @@ class WarpEngine(Engine):
         dst[n:n + k] = target.move_rigid(mesh.head_ring)[:, :2]
         # The ring under the chin also takes the outward part of the chin's own motion (an
         # opening jaw), so the chin never crosses it and folds or tears the skin below.
-        oval = fm.FACE_OVAL
-        rest = target.move_rigid(mesh.source[oval])[:, :2]
+        rest = target.move_rigid(mesh.oval_3d)[:, :2]  # where the head alone takes the oval
         outward = dst[n:n + k] - rest
         outward /= np.linalg.norm(outward, axis=1, keepdims=True) + 1e-6
-        along = np.einsum("kc,kc->k", dst[oval] - rest, outward)
+        along = np.einsum("kc,kc->k", dst[fm.FACE_OVAL] - rest, outward)
         dst[n:n + k] += (mesh.ring_follow * np.maximum(along, 0.0))[:, None] * outward
         return dst
 
@@ -182,8 +183,8 @@ class WarpEngine(Engine):
         x0, y0, x1, y1 = mesh.roi
         disp = cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
         _exact_face_map(disp, mesh, dst[:mesh.n_landmarks])
-        for loop, u_now, u_rest in gaze:
-            _turn_eye(disp, mesh, dst[loop], u_now, u_rest)
+        for loop, u_now, u_rest, radius in gaze:
+            _turn_eye(disp, mesh, dst[loop], u_now, u_rest, radius)
         return disp
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
@@ -357,43 +358,51 @@ def _irises(xy: np.ndarray) -> list:
 
 
 def _irises_to_rest(dst: np.ndarray, mesh: _WarpMesh) -> list:
-    """Put each iris of `dst` where the portrait has it in its eye (in place); return per eye
-    (loop, u of the target's iris centre, u of the portrait's) where the gaze moved."""
+    """Slide each iris of `dst` along its eye back to where the portrait has it (in place; its
+    height in the eye, which follows a closing lid, is kept). Return per eye where the gaze moved:
+    (loop, u of the target's iris centre, u of the portrait's, the iris radius in u)."""
     turns = []
     for loop, iris, uv in mesh.irises:
         origin, axis = _eye_frame(dst, loop)
         if float(axis @ axis) < 4.0:
             continue
-        u_now = float(np.clip(_to_eye(dst[iris[0]], origin, axis)[0], GAZE_LIMIT, 1 - GAZE_LIMIT))
-        dst[iris] = _from_eye(uv, origin, axis)
-        u_rest = float(np.clip(uv[0, 0], GAZE_LIMIT, 1 - GAZE_LIMIT))
+        now = _to_eye(dst[iris], origin, axis)
+        u_rest = float(uv[0, 0])
+        u_now = float(np.clip(now[0, 0], min(GAZE_LIMIT, u_rest), max(1 - GAZE_LIMIT, u_rest)))
+        dst[iris] = _from_eye(np.stack([uv[:, 0], now[:, 1]], -1), origin, axis)
         shift = float(np.sign(u_now - u_rest)) * max(abs(u_now - u_rest) - GAZE_DEAD, 0.0)
+        radius = float(np.abs(uv[1:, 0] - u_rest).max())
         if shift != 0.0:
-            turns.append((loop, float(u_rest + shift), u_rest))
+            turns.append((loop, u_rest + shift, u_rest, radius))
     return turns
 
 
-def _turn_eye(disp: np.ndarray, mesh: _WarpMesh, eye: np.ndarray, u_now: float, u_rest: float) -> None:
-    """Re-map the target eye opening (`eye`: its loop's target points) so that what sits at
-    u_rest in the map so far shows at u_now."""
+def _turn_eye(disp: np.ndarray, mesh: _WarpMesh, eye: np.ndarray, u_now: float, u_rest: float,
+              radius: float) -> None:
+    """Re-map the target eye opening (`eye`: its loop's target points) so that the iris, at u_rest
+    in the map so far, shows at u_now: the iris is shifted whole, the white on either side of it
+    squeezed or stretched, the corners stay; the shift fades out towards the lids."""
     x0, y0, x1, y1 = mesh.roi
     bx0, by0 = np.maximum(np.floor(eye.min(0)).astype(int) - 1, (x0, y0))
     bx1, by1 = np.minimum(np.ceil(eye.max(0)).astype(int) + 2, (x1, y1))
     if bx1 - bx0 < 3 or by1 - by0 < 2:
         return
-    mask = np.zeros((by1 - by0, bx1 - bx0), np.float32)
-    cv2.fillPoly(mask, [np.round((eye - (bx0, by0)) * 4).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=2)
+    inside = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
+    cv2.fillPoly(inside, [np.round((eye - (bx0, by0)) * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+    # Full shift from a pixel inside the lids on, fading to none on them.
+    fade = np.clip(cv2.distanceTransform((inside > 127).astype(np.uint8), cv2.DIST_L2, 3), 0, 1.0)
+    fade *= inside.astype(np.float32) / 255.0
     gy, gx = np.mgrid[by0:by1, bx0:bx1].astype(np.float32)
     origin, axis = eye[0], eye[8] - eye[0]
     u = np.clip(_to_eye(np.stack([gx, gy], -1), origin, axis)[..., 0], 0.0, 1.0)
-    u_from = np.where(u <= u_now, u * (u_rest / u_now),
-                      u_rest + (u - u_now) * ((1 - u_rest) / (1 - u_now)))
+    r = max(0.0, min(radius, u_now - 0.02, u_rest - 0.02, 0.98 - u_now, 0.98 - u_rest))
+    u_from = np.interp(u, [0.0, u_now - r, u_now + r, 1.0], [0.0, u_rest - r, u_rest + r, 1.0])
     qx = (gx + (u_from - u) * axis[0]).astype(np.float32)
     qy = (gy + (u_from - u) * axis[1]).astype(np.float32)
     at_q = cv2.remap(disp, qx - x0, qy - y0, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     turned = np.stack([qx + at_q[..., 0] - gx, qy + at_q[..., 1] - gy], -1)
     region = disp[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
-    region += mask[..., None] * (turned - region)
+    region += fade[..., None] * (turned - region)
 
 
 def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
