@@ -417,7 +417,7 @@ MOUTH_OPEN_START = 0.04  # extra opening (gap / mouth width beyond the portrait'
 MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
 
 
-TEETH_STRENGTH = 0.6  # opacity of the upper teeth's hint in an open mouth
+TEETH_STRENGTH = 0.85  # opacity of the teeth hint in an open mouth
 UPPER_TEETH = 0.12  # how far the upper teeth show under the upper lip, in mouth widths
 LOWER_TEETH = 0.05  # the same for the lower teeth over the lower lip
 TEETH_FADE = 0.04  # the teeth's soft edge towards the cavity, in mouth widths
