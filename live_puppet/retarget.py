@@ -153,11 +153,12 @@ def eye_openness(landmarks: np.ndarray, eye: str) -> float:
 def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction: float) -> None:
     """Open the eye of `landmarks` to `fraction` of its opening in `rest` (in place).
 
-    The lids close onto a line a fifth of the way up from the lower lid, as in a blink (the upper
-    lid does most of the travel); the iris follows vertically so it never leaves the eye.
+    The upper lid closes onto the lower one, as in a blink; the iris follows vertically so it
+    never leaves the eye. (Lids meeting a fifth of the way up instead read less shut to MediaPipe
+    on painted eyes: blink r over the 15 cross-reenactment pairs 0.81/0.70 against 0.85/0.72.)
     """
     upper, lower, _, iris = _LID_PAIRS[eye]
-    meet = rest[lower] + 0.2 * (rest[upper] - rest[lower])
+    meet = rest[lower]
     # Keep the transferred sideways/depth motion of the open lids; a shut eye is a line.
     sideways = np.array([1.0, 0.0, 1.0]) * min(fraction, 1.0)
     offset_u = (landmarks[upper] - rest[upper]) * sideways
