@@ -25,8 +25,22 @@ RIGHT_EYE = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153,
 LEFT_EYE = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
 RIGHT_IRIS = np.array([468, 469, 470, 471, 472])  # centre first
 LEFT_IRIS = np.array([473, 474, 475, 476, 477])
+# Upper / lower eyelid points facing each other, the eye's corners and its iris, per eye.
+LID_PAIRS = {
+    "right": (np.array([246, 161, 160, 159, 158, 157, 173]), np.array([7, 163, 144, 145, 153, 154, 155]),
+              (33, 133), RIGHT_IRIS),
+    "left": (np.array([466, 388, 387, 386, 385, 384, 398]), np.array([249, 390, 373, 374, 380, 381, 382]),
+             (263, 362), LEFT_IRIS),
+}
 RIGHT_BROW = np.array([70, 63, 105, 66, 107, 55, 65, 52, 53, 46])
 LEFT_BROW = np.array([300, 293, 334, 296, 336, 285, 295, 282, 283, 276])
+
+
+def eye_openness(landmarks: np.ndarray, eye: str) -> float:
+    """Mean lid gap over eye width (about 0.3 open, under 0.05 closed)."""
+    upper, lower, corners, _ = LID_PAIRS[eye]
+    width = np.linalg.norm(landmarks[corners[0], :2] - landmarks[corners[1], :2]) + 1e-6
+    return float(np.linalg.norm(landmarks[upper, :2] - landmarks[lower, :2], axis=1).mean() / width)
 
 
 def expressive_points() -> np.ndarray:

@@ -18,12 +18,15 @@ import cv2
 import numpy as np
 
 from live_puppet import face_mesh as fm
+from live_puppet.face_mesh import LID_PAIRS as _LID_PAIRS
+from live_puppet.face_mesh import eye_openness  # noqa: F401 (part of this module's interface)
 from live_puppet.calibration import (RIGID_POINTS, Neutral, NeutralPicker, euler_angles,
                                      matrix_rotation, rigid_frame, rotation_from_euler, umeyama)
 from live_puppet.types import FaceState, Portrait, Target
 
 __all__ = ["Retargeter", "RetargetSettings", "OneEuroFilter", "clamp_rotation", "matrix_rotation",
            "umeyama", "RIGID_POINTS"]
+
 
 def clamp_rotation(r: np.ndarray, max_degrees: float) -> np.ndarray:
     """The same rotation with its angle limited to `max_degrees` (extreme poses tear the image)."""
@@ -91,15 +94,6 @@ class RetargetSettings:
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
 
 
-# Upper / lower eyelid points facing each other, per eye.
-_LID_PAIRS = {
-    "right": (np.array([246, 161, 160, 159, 158, 157, 173]), np.array([7, 163, 144, 145, 153, 154, 155]),
-              (33, 133), fm.RIGHT_IRIS),
-    "left": (np.array([466, 388, 387, 386, 385, 384, 398]), np.array([249, 390, 373, 374, 380, 381, 382]),
-             (263, 362), fm.LEFT_IRIS),
-}
-
-
 # The points each feature gain is centred on.
 _GAIN_FEATURES = {
     "brow_gain": np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW]),
@@ -141,13 +135,6 @@ def feature_gains(landmarks: np.ndarray, settings: RetargetSettings) -> np.ndarr
         dist = np.linalg.norm(xy[:, None, :] - xy[None, points, :], axis=2).min(1) / size
         gains += (g - 1.0) * np.exp(-0.5 * (dist / settings.gain_falloff) ** 2)
     return gains
-
-
-def eye_openness(landmarks: np.ndarray, eye: str) -> float:
-    """Mean lid gap over eye width (about 0.3 open, under 0.05 closed)."""
-    upper, lower, corners, _ = _LID_PAIRS[eye]
-    width = np.linalg.norm(landmarks[corners[0], :2] - landmarks[corners[1], :2]) + 1e-6
-    return float(np.linalg.norm(landmarks[upper, :2] - landmarks[lower, :2], axis=1).mean() / width)
 
 
 def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction: float) -> None:

@@ -156,6 +156,26 @@ def test_closed_lids_read_as_a_blink(astronaut_portrait, image_tracker):
         assert seen.blendshapes[shape] > 0.25, shape
 
 
+def test_a_shut_eye_is_an_even_lid_with_no_eye_showing_through(astronaut_portrait):
+    # Where the open eye was (apart from the lash line), a shut lid must be even skin: no white
+    # or iris left showing (a painted eye often reaches past the tracked outline, so warping the
+    # outline shut is not enough). Without the lid's skin this spread was 22-26 grey levels.
+    import cv2
+
+    p = astronaut_portrait
+    lms = p.face.landmarks.copy()
+    for eye in ("left", "right"):
+        set_eye_opening(lms, p.face.landmarks, eye, 0.0)
+    grey = cv2.cvtColor(create_engine("warp").render(p, target_for(p, lms)), cv2.COLOR_BGR2GRAY)
+    for eye, loop in (("right", fm.RIGHT_EYE), ("left", fm.LEFT_EYE)):
+        upper, _, corners, _ = fm.LID_PAIRS[eye]
+        width = np.linalg.norm(p.face.xy[corners[0]] - p.face.xy[corners[1]])
+        was_open = cv2.fillPoly(np.zeros(grey.shape, np.uint8), [p.face.xy[loop].astype(np.int32)], 1)
+        lash_line = np.concatenate([lms[[corners[0]], :2], lms[upper, :2], lms[[corners[1]], :2]])
+        cv2.polylines(was_open, [lash_line.astype(np.int32)], False, 0, max(1, round(0.25 * width)))
+        assert grey[was_open > 0].std() < 18, eye
+
+
 def test_head_motion_moves_the_head_but_not_the_picture_corners(astronaut_portrait):
     engine = create_engine("warp")
     p = astronaut_portrait

@@ -11,7 +11,8 @@ lip and nose outlines on the portrait), each output pixel mapped through its own
   chin it hugs the face, so the neck stays still, and gives way to an opening jaw);
 - a wider ring and the image border that stay still, so shoulders and background do not swim.
 A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
-stretched lips. Within each open eye the iris is moved along the eye to follow the gaze.
+stretched lips; a closing eye gets its lid's skin and a lash line. Within each open eye the iris
+is moved along the eye to follow the gaze.
 """
 
 from __future__ import annotations
@@ -56,8 +57,18 @@ class _WarpMesh:
     rims: np.ndarray  # per triangle: 1, 2 or 3 if it touches the right eye's, left eye's or the
     # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
     source_det: np.ndarray  # per triangle: twice its signed area on the portrait
+    lids: list  # per eye: _LidStyle
     irises: list  # per eye whose iris the portrait shows: (eye loop, iris points, their (u, v)
     # in the eye's frame on the portrait: u along the corners' line, v across it, in eye widths)
+
+
+@dataclass
+class _LidStyle:
+    eye: str  # "right" | "left" (the subject's)
+    loop: np.ndarray  # the eye's outline: landmark indices
+    outline_3d: np.ndarray  # ... and the portrait's points there (x, y, depth)
+    skin: np.ndarray  # BGR of the upper lid's skin
+    rest_opening: float  # the portrait's own lid gap over eye width
 
 
 @dataclass
@@ -82,6 +93,21 @@ def _below_centre(landmarks_xy: np.ndarray) -> np.ndarray:
     """Per face-oval point: 0 above the oval's centre, rising to 1 at the bottom of the chin."""
     oval = landmarks_xy[fm.FACE_OVAL]
     return np.clip((oval[:, 1] - oval.mean(0)[1]) / (np.ptp(oval[:, 1]) / 2 + 1e-6), 0, 1)
+
+
+def _lid_styles(image: np.ndarray, landmarks: np.ndarray) -> list[_LidStyle]:
+    styles = []
+    for eye, loop in (("right", fm.RIGHT_EYE), ("left", fm.LEFT_EYE)):
+        upper, _, corners, _ = fm.LID_PAIRS[eye]
+        xy = landmarks[:, :2]
+        width = float(np.linalg.norm(xy[corners[0]] - xy[corners[1]]))
+        # The skin of the upper lid: a band above its edge, a fifth of the eye's width tall.
+        band = np.concatenate([xy[upper], xy[upper][::-1] - [0.0, 0.2 * width]])
+        mask = cv2.fillPoly(np.zeros(image.shape[:2], np.uint8), [band.astype(np.int32)], 1)
+        skin = np.array(cv2.mean(image, mask=mask)[:3]) if mask.any() else np.full(3, 128.0)
+        styles.append(_LidStyle(eye=eye, loop=loop, outline_3d=landmarks[loop].astype(np.float32),
+                                skin=skin, rest_opening=fm.eye_openness(landmarks, eye)))
+    return styles
 
 
 def _mouth_style(image: np.ndarray, xy: np.ndarray) -> _MouthStyle:
@@ -146,7 +172,8 @@ class WarpEngine(Engine):
             oval_3d=portrait.face.landmarks[fm.FACE_OVAL].astype(np.float32),
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
-            mouth=_mouth_style(portrait.image, xy), irises=_irises(xy), **_face_triangles(xy))
+            mouth=_mouth_style(portrait.image, xy), lids=_lid_styles(portrait.image, portrait.face.landmarks),
+            irises=_irises(xy), **_face_triangles(xy))
 
     def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """Where each source point goes: landmarks to the target, the ring with the head."""
@@ -199,6 +226,8 @@ class WarpEngine(Engine):
         out = portrait.image.copy()
         out[y0:y1, x0:x1] = cv2.remap(portrait.image, map_x, map_y, cv2.INTER_LINEAR,
                                       borderMode=cv2.BORDER_REPLICATE)
+        for lid in mesh.lids:
+            paint_lid(out, target, lid)
         paint_mouth(out, target.landmarks[:, :2], mesh.mouth)
         return out
 
@@ -421,6 +450,48 @@ TEETH_STRENGTH = 0.85  # opacity of the teeth hint in an open mouth
 UPPER_TEETH = 0.12  # how far the upper teeth show under the upper lip, in mouth widths
 LOWER_TEETH = 0.05  # the same for the lower teeth over the lower lip
 TEETH_FADE = 0.04  # the teeth's soft edge towards the cavity, in mouth widths
+
+
+LID_PAINT_START = 0.6  # an eye closed below this share of the portrait's opening gets lid skin
+LID_PAINT_RAMP = 0.5  # ... fully shown this much further closed
+LID_COVER = 0.15  # how far the lid skin reaches beyond the portrait's eye outline (its size)
+LASH_WIDTH = 0.06  # the lash line along a shut lid, in eye widths
+
+
+def paint_lid(out: np.ndarray, target: Target, lid: _LidStyle) -> None:
+    """Give a closing eye the look of a lid: its skin's tone over the portrait's eye where it is no
+    longer open (a painted white or iris often reaches past the tracked outline and would show
+    under a shut lid; the picture's own texture is kept) and a dark lash line along the upper
+    lid's edge."""
+    xy = target.landmarks[:, :2]
+    upper, _, corners, _ = fm.LID_PAIRS[lid.eye]
+    closed = (LID_PAINT_START - fm.eye_openness(xy, lid.eye) / max(lid.rest_opening, 1e-3)) / LID_PAINT_RAMP
+    strength = float(np.clip(closed, 0.0, 1.0))
+    if strength <= 0.0:
+        return
+    eye = target.move_rigid(lid.outline_3d)[:, :2]  # the portrait's eye, where the head took it
+    eye = eye.mean(0) + (eye - eye.mean(0)) * (1 + LID_COVER)
+    width = float(np.linalg.norm(xy[corners[0]] - xy[corners[1]]))
+    h, w = out.shape[:2]
+    x0, y0 = np.maximum(np.floor(eye.min(0)).astype(int) - 4, 0)
+    x1, y1 = np.minimum(np.ceil(eye.max(0)).astype(int) + 5, (w, h))
+    if x1 - x0 < 3 or y1 - y0 < 3 or width < 2:
+        return
+    cover = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillPoly(cover, [np.round((eye - (x0, y0)) * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+    cover = cv2.GaussianBlur(cover.astype(np.float32) / 255, (0, 0), max(0.7, 0.08 * width)) * strength
+    still_open = np.zeros_like(cover)  # ... but not where the eye is still open
+    cv2.fillPoly(still_open, [np.round((xy[lid.loop] - (x0, y0)) * 4).astype(np.int32)], 1.0, shift=2)
+    cover *= 1 - cv2.GaussianBlur(still_open, (0, 0), 0.7)
+    lash = np.zeros_like(cover)
+    edge = np.concatenate([xy[[corners[0]]], xy[upper], xy[[corners[1]]]]) - (x0, y0)
+    cv2.polylines(lash, [np.round(edge * 4).astype(np.int32)], False, 1.0,
+                  max(1, round(LASH_WIDTH * width)), cv2.LINE_AA, shift=2)
+    lash = cv2.GaussianBlur(lash, (0, 0), 0.6) * strength
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    skin = region - cv2.GaussianBlur(region, (0, 0), max(1.0, 0.1 * width)) + lid.skin
+    skin += lash[..., None] * (lid.skin * 0.35 - skin)
+    out[y0:y1, x0:x1] = np.clip(region + cover[..., None] * (skin - region), 0, 255).astype(np.uint8)
 
 
 def _by_x(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
