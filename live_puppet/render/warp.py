@@ -484,7 +484,13 @@ def paint_lid(out: np.ndarray, target: Target, lid: _LidStyle) -> None:
     cv2.fillPoly(still_open, [np.round((xy[lid.loop] - (x0, y0)) * 4).astype(np.int32)], 1.0, shift=2)
     cover *= 1 - cv2.GaussianBlur(still_open, (0, 0), 0.7)
     lash = np.zeros_like(cover)
-    edge = np.concatenate([xy[[corners[0]]], xy[upper], xy[[corners[1]]]]) - (x0, y0)
+    # The lash line: a parabola through the upper lid's edge, in the eye's frame (the tracked
+    # points of a shut painted eye zigzag by a pixel or two).
+    edge = np.concatenate([xy[[corners[0]]], xy[upper], xy[[corners[1]]]])
+    origin, axis = xy[corners[0]], xy[corners[1]] - xy[corners[0]]
+    uv = _to_eye(edge, origin, axis)
+    u = np.linspace(0.0, 1.0, 17)
+    edge = _from_eye(np.stack([u, np.polyval(np.polyfit(uv[:, 0], uv[:, 1], 2), u)], -1), origin, axis) - (x0, y0)
     cv2.polylines(lash, [np.round(edge * 4).astype(np.int32)], False, 1.0,
                   max(1, round(LASH_WIDTH * width)), cv2.LINE_AA, shift=2)
     lash = cv2.GaussianBlur(lash, (0, 0), 0.6) * strength
