@@ -18,8 +18,7 @@ import cv2
 import numpy as np
 
 from live_puppet import face_mesh as fm
-from live_puppet.face_mesh import LID_PAIRS as _LID_PAIRS
-from live_puppet.face_mesh import eye_openness  # noqa: F401 (part of this module's interface)
+from live_puppet.face_mesh import eye_openness
 from live_puppet.calibration import (RIGID_POINTS, Neutral, NeutralPicker, euler_angles,
                                      matrix_rotation, rigid_frame, rotation_from_euler, umeyama)
 from live_puppet.types import FaceState, Portrait, Target
@@ -144,7 +143,7 @@ def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction:
     never leaves the eye. (Lids meeting a fifth of the way up instead read less shut to MediaPipe
     on painted eyes: blink r over the 15 cross-reenactment pairs 0.81/0.70 against 0.85/0.72.)
     """
-    upper, lower, _, iris = _LID_PAIRS[eye]
+    upper, lower, _, iris = fm.LID_PAIRS[eye]
     meet = rest[lower]
     # Keep the transferred sideways/depth motion of the open lids; a shut eye is a line.
     sideways = np.array([1.0, 0.0, 1.0]) * min(fraction, 1.0)
@@ -215,7 +214,7 @@ class Retargeter:
         self._portrait_id = id(portrait)
         self._p_center, self._p_size = rigid_frame(portrait.face.landmarks)
         self._p_rotation = matrix_rotation(portrait.face.matrix)
-        self._p_open = {eye: eye_openness(portrait.face.landmarks, eye) for eye in _LID_PAIRS}
+        self._p_open = {eye: eye_openness(portrait.face.landmarks, eye) for eye in fm.LID_PAIRS}
         self._p_gains = None  # per-landmark feature gains, computed on first use
 
     def _gains(self, portrait: Portrait) -> np.ndarray:
@@ -258,7 +257,7 @@ class Retargeter:
         gains = self._gains(portrait)[:, None] * s.expression_gain
         base = rest + (delta @ to_portrait.T) * size_ratio * gains
         # Eyes: the driver's lid opening relative to their neutral, applied to the portrait's eye.
-        for eye in _LID_PAIRS:
+        for eye in fm.LID_PAIRS:
             ratio = eye_openness(undone, eye) / max(eye_openness(n.landmarks, eye), 1e-3)
             fraction = float(np.clip(1 - s.eye_gain * (1 - ratio), 0.0, 1.35))
             if self._p_open[eye] < 0.08:  # the portrait's eye is (nearly) shut: leave it

@@ -233,12 +233,11 @@ def test_flow_stabilizer_keeps_a_one_frame_blink(astronaut):
     (The flow cannot see a lid close; with a 0.7 share of MediaPipe, d6.mp4's one-frame blink kept
     half its lid gap.)
     """
-    from live_puppet.retarget import _LID_PAIRS
     from live_puppet.tracking import FlowStabilizer
 
     true = np.stack(np.meshgrid(np.linspace(180, 320, 22), np.linspace(90, 250, 22)), -1).reshape(-1, 2)
     true = np.concatenate([true, np.zeros((len(true), 1))], 1)[:478]
-    upper = _LID_PAIRS["left"][0]
+    upper = fm.LID_PAIRS["left"][0]
     stab = FlowStabilizer()
     for _ in range(5):
         stab(astronaut, face_from(true))

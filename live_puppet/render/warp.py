@@ -97,9 +97,9 @@ def _below_centre(landmarks_xy: np.ndarray) -> np.ndarray:
 
 def _lid_styles(image: np.ndarray, landmarks: np.ndarray) -> list[_LidStyle]:
     styles = []
+    xy = landmarks[:, :2]
     for eye, loop in (("right", fm.RIGHT_EYE), ("left", fm.LEFT_EYE)):
         upper, _, corners, _ = fm.LID_PAIRS[eye]
-        xy = landmarks[:, :2]
         width = float(np.linalg.norm(xy[corners[0]] - xy[corners[1]]))
         # The skin of the upper lid: a band above its edge, a fifth of the eye's width tall.
         band = np.concatenate([xy[upper], xy[upper][::-1] - [0.0, 0.2 * width]])
@@ -166,6 +166,7 @@ class WarpEngine(Engine):
         grid = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2).astype(np.float32)
         base_x, base_y = np.meshgrid(np.arange(x0, x1, dtype=np.float32),
                                      np.arange(y0, y1, dtype=np.float32))
+        irises = _irises(xy)
         portrait.extras["warp"] = _WarpMesh(
             source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
             ring_follow=_below_centre(xy).astype(np.float32),
@@ -173,7 +174,7 @@ class WarpEngine(Engine):
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
             mouth=_mouth_style(portrait.image, xy), lids=_lid_styles(portrait.image, portrait.face.landmarks),
-            irises=_irises(xy), **_face_triangles(xy))
+            irises=irises, **_face_triangles(xy, irises))
 
     def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """Where each source point goes: landmarks to the target, the ring with the head."""
@@ -244,14 +245,12 @@ EXACT_TAKEOVER_PX = 3.0  # difference between the maps (px) from which the exact
 CLOSING_AREA = 0.85  # an eye counts as closing below this share of the portrait's own eye area
 
 
-def _face_triangles(xy: np.ndarray) -> dict:
-    """Fixed triangles around the eyes and mouth: a Delaunay triangulation of the outline points on
-    the portrait, with the eye and mouth openings first in drawing order (where a closing lid or
-    pressed lips squeeze them to nothing, the skin around, drawn later, covers them)."""
-    idx = _EXACT_POINTS
-    for iris, loop in ((fm.RIGHT_IRIS[0], fm.RIGHT_EYE), (fm.LEFT_IRIS[0], fm.LEFT_EYE)):
-        if cv2.pointPolygonTest(xy[loop].astype(np.float32), tuple(map(float, xy[iris])), True) > 1.0:
-            idx = np.append(idx, iris)
+def _face_triangles(xy: np.ndarray, irises: list) -> dict:
+    """Fixed triangles around the eyes and mouth: a Delaunay triangulation of the outline points
+    (and the centres of the irises the portrait shows, see _irises) on the portrait, with the eye
+    and mouth openings first in drawing order (where a closing lid or pressed lips squeeze them to
+    nothing, the skin around, drawn later, covers them)."""
+    idx = np.append(_EXACT_POINTS, [iris[0] for _, iris, _ in irises]).astype(int)
     simplices = idx[Delaunay(xy[idx].astype(np.float64)).simplices]
     centroids = xy[simplices].mean(1)
     opening = np.zeros(len(simplices), bool)
@@ -464,14 +463,15 @@ def paint_lid(out: np.ndarray, target: Target, lid: _LidStyle) -> None:
     under a shut lid; the picture's own texture is kept) and a dark lash line along the upper
     lid's edge."""
     xy = target.landmarks[:, :2]
-    upper, _, corners, _ = fm.LID_PAIRS[lid.eye]
+    upper = fm.LID_PAIRS[lid.eye][0]
     closed = (LID_PAINT_START - fm.eye_openness(xy, lid.eye) / max(lid.rest_opening, 1e-3)) / LID_PAINT_RAMP
     strength = float(np.clip(closed, 0.0, 1.0))
     if strength <= 0.0:
         return
     eye = target.move_rigid(lid.outline_3d)[:, :2]  # the portrait's eye, where the head took it
     eye = eye.mean(0) + (eye - eye.mean(0)) * (1 + LID_COVER)
-    width = float(np.linalg.norm(xy[corners[0]] - xy[corners[1]]))
+    origin, axis = _eye_frame(xy, lid.loop)  # its first corner, and the line to the other
+    width = float(np.linalg.norm(axis))
     h, w = out.shape[:2]
     x0, y0 = np.maximum(np.floor(eye.min(0)).astype(int) - 4, 0)
     x1, y1 = np.minimum(np.ceil(eye.max(0)).astype(int) + 5, (w, h))
@@ -486,8 +486,7 @@ def paint_lid(out: np.ndarray, target: Target, lid: _LidStyle) -> None:
     lash = np.zeros_like(cover)
     # The lash line: a parabola through the upper lid's edge, in the eye's frame (the tracked
     # points of a shut painted eye zigzag by a pixel or two).
-    edge = np.concatenate([xy[[corners[0]]], xy[upper], xy[[corners[1]]]])
-    origin, axis = xy[corners[0]], xy[corners[1]] - xy[corners[0]]
+    edge = np.concatenate([xy[lid.loop[:1]], xy[upper], xy[lid.loop[8:9]]])
     uv = _to_eye(edge, origin, axis)
     u = np.linspace(0.0, 1.0, 17)
     edge = _from_eye(np.stack([u, np.polyval(np.polyfit(uv[:, 0], uv[:, 1], 2), u)], -1), origin, axis) - (x0, y0)
