@@ -12,6 +12,7 @@ The portrait keeps its own face shape. Per frame:
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -173,6 +174,7 @@ class Retargeter:
         cutoff = np.full((478, 1), s.smoothing_min_cutoff)
         cutoff[fm.expressive_points()] = s.expressive_min_cutoff
         self._filter = OneEuroFilter(cutoff, s.smoothing_beta)
+        self._retake = threading.Event()  # set by the hotkey (main thread), acted on per frame
         self._portrait_id: int | None = None
         self._p_center = np.zeros(3)
         self._p_size = 1.0
@@ -180,7 +182,14 @@ class Retargeter:
 
     # -- neutral -------------------------------------------------------------------------------
     def retake_neutral(self) -> None:
-        """Forget the neutral (and any stored one); the next frames choose a new one."""
+        """Forget the neutral (and any stored one); the next frames choose a new one.
+
+        Safe to call from another thread (the hotkey): the reset happens at the start of the next
+        frame, never in the middle of one."""
+        self._retake.set()
+
+    def _forget_neutral(self) -> None:
+        self._retake.clear()
         self.neutral = None
         self.stored_shape = None
         self._picker.reset()
@@ -205,7 +214,7 @@ class Retargeter:
 
     @property
     def calibrating(self) -> bool:
-        return self.neutral is None
+        return self.neutral is None or self._retake.is_set()
 
     # -- portrait ------------------------------------------------------------------------------
     def _use_portrait(self, portrait: Portrait) -> None:
@@ -237,6 +246,8 @@ class Retargeter:
     # -- per frame -----------------------------------------------------------------------------
     def __call__(self, face: FaceState | None, portrait: Portrait, timestamp: float) -> Target | None:
         """The portrait's target for this driver face; None while calibrating or with no face."""
+        if self._retake.is_set():
+            self._forget_neutral()
         self._use_portrait(portrait)
         if face is None or not self._update_neutral(face):
             return None

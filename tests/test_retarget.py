@@ -154,6 +154,24 @@ def test_retake_neutral_uses_the_next_frames(astronaut_portrait):
     assert np.abs(target.landmarks - base).max() < 1e-3
 
 
+def test_pressing_c_while_a_frame_is_being_retargeted_takes_effect_on_the_next_frame(astronaut_portrait):
+    """The hotkey runs on the main thread while the tracking thread is inside a frame; the reset
+    must not land half-way through the frame's filtering (it crashed the app on a hotkey)."""
+    rt = Retargeter(settings())
+    base = astronaut_portrait.face.landmarks.astype(np.float64)
+    drive(rt, astronaut_portrait, [face_from(base)] * 3)
+
+    def alpha_with_a_keypress(cutoff, dt):  # the key press arrives mid-filter
+        rt.retake_neutral()
+        return OneEuroFilter._alpha(cutoff, dt)
+
+    rt._filter._alpha = alpha_with_a_keypress
+    assert rt(face_from(base), astronaut_portrait, 1) is not None  # this frame finishes as it began
+    assert rt.calibrating
+    del rt._filter._alpha
+    assert rt(face_from(base), astronaut_portrait, 2) is None  # the next one starts calibrating
+
+
 def test_one_euro_filter_calms_a_still_signal_and_follows_a_jump():
     f = OneEuroFilter(min_cutoff=1.0, beta=0.05)
     rng = np.random.default_rng(2)
