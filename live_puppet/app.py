@@ -216,8 +216,9 @@ class App:
         elif ch == "f" and self.preview:
             self.preview.show_fps = not self.preview.show_fps
         elif ch == "m":
+            # The tracking thread starts a new neutral on the first frame captured flipped
+            # (frames captured before the key are still on their way).
             self.capture.mirror = not self.capture.mirror
-            self.retargeter.retake_neutral()
         elif ch == "r":
             try:
                 self.gallery.reload()
@@ -233,6 +234,7 @@ class App:
 
     def _track_loop(self) -> None:
         st = self.stats
+        mirrored = self.config.mirror
         try:
             while not self.stop_requested.is_set():
                 t0 = time.perf_counter()
@@ -243,6 +245,10 @@ class App:
                     continue
                 st.add("capture_wait", time.perf_counter() - t0)
                 clock = _Clock(time.perf_counter())
+                if frame.mirrored != mirrored:  # hotkey m: a new view of the user
+                    mirrored = frame.mirrored
+                    self.stabilizer.reset()
+                    self.retargeter.retake_neutral()
                 face = self.tracker.track(frame.image, int(frame.media_time * 1000))
                 face = self.stabilizer(frame.image, face)
                 st.add("track", clock.lap())
@@ -346,18 +352,23 @@ class App:
                 break
             self._render_step(work)
             if c.max_frames is not None and self.stats.frames_out >= c.max_frames:
-                self.stop_requested.set()
                 break
-        self.stop_requested.set()
-        self._tracking.join(timeout=5.0)
 
     capture_error = None
     _pending = None  # (portrait, future) being prepared for a swap
     _worker_error = None
+    _tracking = None
+    _shutting_down = False
 
     def _shutdown(self) -> None:
-        """Stop capture, finalize the recording and close everything, whatever happened."""
+        """Finalize the recording, stop the threads and close everything, whatever happened
+        (an error, q, Ctrl-C). Signals are ignored from here on: nothing may cut this short."""
+        self._shutting_down = True
         self.stop_requested.set()  # also after an error: the tracking thread must not wait on us
+        # The outputs first: the recording is finalized before anything that may take a while.
+        for sink in self.sinks:
+            self._close_sink(sink)
+        self.sinks.clear()
         capture = getattr(self, "capture", None)
         if capture is not None:
             capture.stop()
@@ -367,11 +378,16 @@ class App:
                 self.capture_error = capture.error
             elif capture.error is not None:
                 warn(f"the source failed: {capture.error}")
+        # MediaPipe must not be closed under the tracking thread (it crashes or hangs).
+        tracking_alive = self._tracking is not None and self._tracking.is_alive()
+        if tracking_alive:
+            self._tracking.join(timeout=10.0)
+            tracking_alive = self._tracking.is_alive()
         self.stats.finish()
-        for sink in self.sinks:
-            self._close_sink(sink)
-        self.sinks.clear()
         for close in reversed(self._closers):
+            if tracking_alive and getattr(close, "__self__", None) is getattr(self, "tracker", None):
+                warn("the tracking thread did not stop; leaving its face tracker open.")
+                continue
             try:
                 close()
             except Exception as exc:
@@ -385,6 +401,9 @@ class App:
         previous = {}
 
         def on_signal(signum, _frame):
+            if self._shutting_down:  # already closing: let it finish the recording
+                print("Still finishing the recording; one moment.", file=sys.stderr, flush=True)
+                return
             if self.stop_requested.is_set():  # a second Ctrl-C: stop at once (files still closed)
                 raise KeyboardInterrupt
             print("\nStopping (finishing the recording) ...", file=sys.stderr, flush=True)

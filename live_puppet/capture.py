@@ -34,6 +34,9 @@ class Source:
     def frames(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def request_stop(self) -> None:
+        """Ask a `frames()` running in another thread to end soon (e.g. stop retrying a camera)."""
+
     def close(self) -> None:
         pass
 
@@ -86,27 +89,38 @@ class CameraSource(Source):
         return cap
 
     def frames(self) -> Iterator[np.ndarray]:
+        """The camera's frames; the thread running this owns the device and releases it at the end."""
         wait = 0.25
-        while not self._stop.is_set():
-            ok, image = self._cap.read() if self._cap is not None else (False, None)
-            if ok:
-                wait = 0.25
-                yield image
-                continue
-            # The camera stopped delivering (unplugged, taken by another program): reopen, backing off.
-            print(f"live-puppet: {self.description} stopped delivering frames; reopening in "
-                  f"{wait:.1f} s.", flush=True)
-            if self._cap is not None:
-                self._cap.release()
-            self._stop.wait(wait)
-            wait = min(wait * 2, self.max_reopen_wait)
-            self._cap = self._open()
+        try:
+            while not self._stop.is_set():
+                ok, image = self._cap.read() if self._cap is not None else (False, None)
+                if ok:
+                    wait = 0.25
+                    yield image
+                    continue
+                # The camera stopped delivering (unplugged, taken by another program): reopen,
+                # backing off.
+                print(f"live-puppet: {self.description} stopped delivering frames; reopening in "
+                      f"{wait:.1f} s.", flush=True)
+                self._release()
+                if self._stop.wait(wait):
+                    break  # asked to stop while waiting: do not open the camera again
+                wait = min(wait * 2, self.max_reopen_wait)
+                self._cap = self._open()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            cap.release()
+
+    def request_stop(self) -> None:
+        self._stop.set()
 
     def close(self) -> None:
         self._stop.set()
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._release()  # if frames() never ran (or already ended), this is the only release
 
 
 class VideoFileSource(Source):
@@ -218,12 +232,13 @@ class Capture:
                     delay = start + i * period - time.perf_counter()
                     if delay > 0:
                         self._stop.wait(delay)
-                if self.mirror:
+                mirrored = self.mirror  # read once: the hotkey may flip it meanwhile
+                if mirrored:
                     image = cv2.flip(image, 1)
                 now = time.perf_counter()
                 media_time = now - start if self.source.is_live else i / self.source.fps
                 frame = Frame(image=image, timestamp=now, index=i, fps=self.source.fps,
-                              media_time=media_time)
+                              media_time=media_time, mirrored=mirrored)
                 self.frames_read += 1
                 if self.realtime:
                     with self._lock:
@@ -275,5 +290,6 @@ class Capture:
 
     def stop(self) -> None:
         self._stop.set()
+        self.source.request_stop()  # a camera waiting to reopen stops waiting
         self._thread.join(timeout=2.0)
         self.source.close()

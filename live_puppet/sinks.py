@@ -238,9 +238,9 @@ class RecorderSink(Sink):
         self._queue.put(image)
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
         try:
+            self._queue.put(None)
+            self._thread.join()
             for packet in self.stream.encode(None):
                 self.container.mux(packet)
         finally:

@@ -22,6 +22,7 @@ class Frame:
     index: int  # 0-based position in the source
     fps: float = 30.0  # the source's nominal rate
     media_time: float = 0.0  # seconds into the stream: index / fps for files, capture clock for cameras
+    mirrored: bool = False  # flipped left-right at capture (hotkey m)
 
 
 @dataclass(frozen=True)

@@ -113,3 +113,53 @@ def _empty(tmp_path):
 def test_a_camera_that_cannot_open_says_so():
     with pytest.raises(UserError, match="Could not open camera 7"):
         open_source("7")
+
+
+class _UnpluggedCamera:
+    """cv2.VideoCapture stand-in: delivers two frames, then fails (unplugged) and never reopens."""
+
+    made: list = []
+
+    def __init__(self, index):
+        self.first = not _UnpluggedCamera.made
+        self.reads_left = 2
+        self.released = False
+        _UnpluggedCamera.made.append(self)
+
+    def isOpened(self):
+        return self.first
+
+    def set(self, *_):
+        return True
+
+    def get(self, *_):
+        return 30.0
+
+    def read(self):
+        if self.reads_left > 0:
+            self.reads_left -= 1
+            return True, np.zeros((48, 64, 3), np.uint8)
+        return False, None
+
+    def release(self):
+        self.released = True
+
+
+def test_quitting_while_the_camera_is_unplugged_is_prompt_and_releases_it(monkeypatch):
+    """q (or Ctrl-C) while the camera waits to be reopened: stop at once, reopen nothing, release all."""
+    import time
+
+    import live_puppet.capture as capture_module
+
+    _UnpluggedCamera.made = []
+    monkeypatch.setattr(capture_module.cv2, "VideoCapture", _UnpluggedCamera)
+    source = capture_module.CameraSource(0, max_reopen_wait=5.0)
+    capture = Capture(source, realtime=True).start()
+    time.sleep(0.6)  # the camera has failed; the source is backing off before reopening
+    start = time.perf_counter()
+    capture.stop()
+    stopped_in = time.perf_counter() - start
+    time.sleep(0.6)  # a thread still running would reopen the camera in this time
+    assert stopped_in < 1.0  # was 2 s: the join timed out while the source slept
+    assert not capture._thread.is_alive()
+    assert all(cam.released for cam in _UnpluggedCamera.made)

@@ -158,3 +158,106 @@ def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, land
     app.run()
     assert keys.names[:11] == ["a"] * 11 and keys.names[-1] == "b"
     assert app.retargeter.neutral is not None  # re-taken from the frames after c
+
+
+def test_a_second_ctrl_c_while_closing_still_finalizes_the_recording(tmp_path, monkeypatch, landmarker_model):
+    """Ctrl-C, then Ctrl-C again while the app is shutting down: the recording must still play."""
+    from live_puppet import capture as capture_module
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.sinks import Sink
+
+    portrait = need(PORTRAITS / "mona_lisa.jpg")
+    clip = need(DRIVING / "d3.mp4")
+    out = tmp_path / "out.mp4"
+
+    class CtrlC(Sink):
+        def send(self, image, info):
+            if info.index == 20:
+                os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C
+
+    stop = capture_module.Capture.stop
+
+    def impatient_stop(self):
+        os.kill(os.getpid(), signal.SIGINT)  # pressed again while the app closes
+        stop(self)
+
+    monkeypatch.setattr(capture_module.Capture, "stop", impatient_stop)
+    app = App(RunConfig(portrait=portrait, source=str(clip), realtime=False, vcam=False,
+                        preview=False, record=out), extra_sinks=[CtrlC()])
+    app.run()
+    codec, n = count_frames(out)
+    assert codec == "h264" and n >= 20
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_mirroring_takes_the_new_neutral_from_mirrored_frames_only(tmp_path, astronaut, landmarker_model):
+    """Pressing m flips the camera; the neutral re-taken after it must not mix in frames captured
+    before the flip (a user sitting off-centre saw the puppet jump sideways to its limit)."""
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.sinks import Sink
+
+    # The user sits left of centre: 200 px of wall on their right.
+    offcentre = cv2.copyMakeBorder(astronaut, 0, 0, 0, 200, cv2.BORDER_REPLICATE)
+    driving = write_video(tmp_path / "drive.mp4", [offcentre] * 45)
+
+    class PressM(Sink):
+        def __init__(self):
+            self.moves = []
+
+        def send(self, image, info):
+            if info.target is not None:
+                self.moves.append(float(np.abs(info.target.translation[:2]).max()))
+            if info.index == 10:
+                info.keys.append(ord("m"))
+
+    keys = PressM()
+    cv2.imwrite(str(tmp_path / "portrait.png"), astronaut)
+    app = App(RunConfig(portrait=tmp_path / "portrait.png", source=str(driving), realtime=False, vcam=False, preview=False,
+                        neutral_refine_frames=0), extra_sinks=[keys])
+    app.run()
+    assert app.retargeter.neutral is not None
+    assert max(keys.moves[-10:]) < 2.0  # a still user, a still puppet (was 59 px: the clamp)
+
+
+def test_a_failing_render_closes_the_face_tracker_only_after_the_tracking_thread_stopped(
+        tmp_path, astronaut, monkeypatch, landmarker_model):
+    """Closing MediaPipe under a thread that is still tracking crashes (segfault) or hangs."""
+    import time as time_module
+
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.render.warp import WarpEngine
+    from live_puppet.tracking import Tracker
+
+    cv2.imwrite(str(tmp_path / "portrait.png"), astronaut)
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 30)
+    calls = {"render": 0}
+    closed_while_tracking = []
+    render, track, close = WarpEngine.render, Tracker.track, Tracker.close
+
+    def failing_render(self, portrait, target):
+        calls["render"] += 1
+        if calls["render"] == 5:
+            raise RuntimeError("engine failure")
+        return render(self, portrait, target)
+
+    def slow_track(self, image, timestamp_ms=None):
+        if self.mode == "video":
+            time_module.sleep(0.1)  # the tracking thread is busy when the render fails
+        return track(self, image, timestamp_ms)
+
+    def watched_close(self):
+        if self.mode == "video":
+            closed_while_tracking.append(app._tracking.is_alive())
+        close(self)
+
+    monkeypatch.setattr(WarpEngine, "render", failing_render)
+    monkeypatch.setattr(Tracker, "track", slow_track)
+    monkeypatch.setattr(Tracker, "close", watched_close)
+    app = App(RunConfig(portrait=tmp_path / "portrait.png", source=str(driving), realtime=False,
+                        vcam=False, preview=False))
+    with pytest.raises(RuntimeError, match="engine failure"):
+        app.run()
+    assert closed_while_tracking == [False]
