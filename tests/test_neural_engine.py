@@ -175,3 +175,88 @@ def test_swap_keeps_rendering_the_current_portrait_while_the_next_builds(
         assert engine.render(other, target_for(other)).shape == other.image.shape
     finally:
         engine.close()
+
+
+def copies(portrait, n: int):
+    """`n` distinct portraits with the same picture (their engines share one cache entry)."""
+    import dataclasses
+
+    return [dataclasses.replace(portrait, name=f"{portrait.name}-{i}", extras={}) for i in range(n)]
+
+
+def test_eviction_is_least_recently_used_and_spares_the_portrait_on_screen(
+        checkpoint, portrait, tmp_path):
+    from live_puppet.render.neural import KEEP_PREPARED
+
+    first, *others = copies(portrait, KEEP_PREPARED + 4)
+    engine = make(checkpoint, tmp_path)
+    try:
+        for p in [first] + others[:KEEP_PREPARED - 1]:
+            engine.prepare(p)
+        assert not np.array_equal(engine.render(first, target_for(first)), first.image)
+        engine.prepare(others[KEEP_PREPARED - 1])  # one more: evicts the least recently used
+        assert engine.is_ready(first)
+        assert not engine.is_ready(others[0])
+        assert not np.array_equal(engine.render(first, target_for(first)), first.image)
+        for p in others[KEEP_PREPARED:]:  # more builds, `first` still the one on screen
+            engine.prepare(p)
+        assert engine.is_ready(first)
+        assert not np.array_equal(engine.render(first, target_for(first)), first.image)
+        assert len(engine._ready) == KEEP_PREPARED
+    finally:
+        engine.close()
+
+
+def test_close_does_not_wait_for_a_running_build_and_drops_it(
+        checkpoint, portrait, tmp_path, monkeypatch, capsys):
+    import threading
+    import time
+
+    engine = make(checkpoint, tmp_path)
+    real_build = engine.builder.build
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_build(p):
+        started.set()
+        time.sleep(3.0)
+        try:
+            return real_build(p)
+        finally:
+            finished.set()
+
+    monkeypatch.setattr(engine.builder, "build", slow_build)
+    future = engine.prepare_async(portrait)
+    assert started.wait(10)
+    t0 = time.perf_counter()
+    engine.close()
+    assert time.perf_counter() - t0 < 1.0  # the 3 s build is not waited for
+    assert finished.wait(60)
+    future.result(timeout=10)
+    assert not engine.is_ready(portrait) and len(engine._ready) == 0  # the late build is dropped
+    assert engine.last_error is None
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_quitting_during_a_build_exits_promptly(checkpoint, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(f"""
+        import time, types
+        from live_puppet.render import create_engine
+        engine = create_engine("neural", checkpoint={str(checkpoint)!r}, backend="onnxruntime",
+                               engine_dir={str(tmp_path)!r}, progress=False)
+        engine.builder.build = lambda portrait: time.sleep(300)  # a long compile
+        engine.prepare_async(types.SimpleNamespace(name="slow"))
+        time.sleep(0.5)
+        engine.close()
+        print("closed", flush=True)
+    """)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "closed" in proc.stdout
+    assert time.perf_counter() - t0 < 60  # not held up by the 300 s build at interpreter exit

@@ -14,15 +14,18 @@ Swapping portraits without stalling the stream:
 
 `render` never blocks on a build: for a portrait whose engine is not ready it starts a background
 build (if none is running) and returns the portrait at rest until the engine is ready. Prepared
-portraits stay loaded (the last few), so swapping back is instant.
+portraits stay loaded (the last few used, never the one on screen), so swapping back is instant.
+`close` does not wait for a build in progress (a TensorRT compile can take minutes): builds run on
+a daemon thread, so quitting is immediate and a build that finishes after `close` is dropped.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import cv2
@@ -89,6 +92,61 @@ class FacePaster:
         return out
 
 
+class _BuildWorker:
+    """Runs builds one at a time, in order, on a single daemon thread; `submit` returns a Future.
+
+    Not a ThreadPoolExecutor: the interpreter joins those workers at exit (an atexit hook in
+    concurrent.futures.thread), so quitting would wait for a running build however it was shut down.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule a build after close()")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._jobs.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the Future, like an executor
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            del job, future, fn, args
+
+    def shutdown(self) -> None:
+        """Cancel the builds not started yet; the running one (if any) is not waited for."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+            self._jobs.put(None)  # the thread ends after the build it is running
+
+
 class _Active:
     """A prepared portrait plus its paster."""
 
@@ -116,8 +174,10 @@ class NeuralEngine(Engine):
         self.backend = self.builder.backend_name
         self._ready: OrderedDict[int, _Active] = OrderedDict()
         self._pending: dict[int, Future] = {}
-        self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neural-build")
+        self._lock = threading.Lock()  # guards _ready, _pending, _on_screen, _closed
+        self._on_screen: int | None = None  # id of the portrait rendered last: never evicted
+        self._closed = False
+        self._worker = _BuildWorker("neural-build")
         self.last_error: str | None = None  # the last background build's failure, one line
         self._failed: dict[int, str] = {}  # portraits whose build failed: not retried per frame
         # wall ms of each frame's generator call alone (no sketch drawing, no pasting)
@@ -128,15 +188,22 @@ class NeuralEngine(Engine):
         prepared = self.builder.build(portrait)
         active = _Active(prepared, FacePaster(portrait, prepared.inputs.box, prepared.size))
         with self._lock:
-            self._ready[id(portrait)] = active
-            self._ready.move_to_end(id(portrait))
+            if self._closed:  # finished after close(): dropped
+                return active
+            key = id(portrait)
+            self._ready[key] = active
+            self._ready.move_to_end(key)
+            # least recently used first; never the new one nor the one on screen
             while len(self._ready) > KEEP_PREPARED:
-                self._ready.popitem(last=False)
+                victim = next((k for k in self._ready if k != key and k != self._on_screen), None)
+                if victim is None:
+                    break
+                del self._ready[victim]
         return active
 
     def prepare(self, portrait: Portrait) -> None:
         """Build (or load from the cache) this portrait's engine now, blocking."""
-        if self.is_ready(portrait):
+        if self._active(portrait, use=True) is not None:
             return
         future = self._pending.get(id(portrait))
         if future is not None:
@@ -147,13 +214,15 @@ class NeuralEngine(Engine):
     def prepare_async(self, portrait: Portrait) -> Future:
         """Build this portrait's engine in the background; `render` keeps working meanwhile."""
         with self._lock:
-            if self._active(portrait) is not None:
+            if self._closed:
+                raise RuntimeError("the neural engine is closed")
+            if self._lookup(portrait, use=True) is not None:
                 done: Future = Future()
                 done.set_result(None)
                 return done
             if id(portrait) in self._pending:
                 return self._pending[id(portrait)]
-            future = self._executor.submit(self._build_in_background, portrait)
+            future = self._worker.submit(self._build_in_background, portrait)
             self._pending[id(portrait)] = future
             return future
 
@@ -161,6 +230,8 @@ class NeuralEngine(Engine):
         try:
             self._build(portrait)
         except Exception as exc:  # reported through last_error; the stream goes on
+            if self._closed:
+                return  # failed after close(): nobody is listening
             self.last_error = str(exc) if isinstance(exc, UserError) else \
                 f"building the neural engine for '{portrait.name}' failed: {type(exc).__name__}: {exc}"
             self._failed[id(portrait)] = self.last_error
@@ -169,9 +240,18 @@ class NeuralEngine(Engine):
             with self._lock:
                 self._pending.pop(id(portrait), None)
 
-    def _active(self, portrait: Portrait) -> _Active | None:
+    def _lookup(self, portrait: Portrait, use: bool = False) -> _Active | None:
+        """The portrait's prepared engine or None; `use` marks it most recently used. Lock held."""
         active = self._ready.get(id(portrait))
-        return active if active is not None and active.prepared.portrait is portrait else None
+        if active is None or active.prepared.portrait is not portrait:
+            return None
+        if use:
+            self._ready.move_to_end(id(portrait))
+        return active
+
+    def _active(self, portrait: Portrait, use: bool = False) -> _Active | None:
+        with self._lock:
+            return self._lookup(portrait, use)
 
     def is_ready(self, portrait: Portrait) -> bool:
         return self._active(portrait) is not None
@@ -194,23 +274,29 @@ class NeuralEngine(Engine):
 
     def generate(self, portrait: Portrait, landmarks: np.ndarray) -> np.ndarray:
         """The generator's raw output for `landmarks` (portrait px): R x R x 3 uint8 BGR."""
-        active = self._active(portrait)
+        active = self._active(portrait, use=True)
         if active is None:
             raise RuntimeError(f"portrait '{portrait.name}' is not prepared")
         return self._generate(active, landmarks)
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
+        with self._lock:
+            self._on_screen = id(portrait)
+            active = self._lookup(portrait, use=True)
+            closed = self._closed
         if target is None:
             return portrait.image.copy()
-        active = self._active(portrait)
         if active is None:
-            if id(portrait) not in self._pending and id(portrait) not in self._failed:
+            if not closed and id(portrait) not in self._pending and id(portrait) not in self._failed:
                 self.prepare_async(portrait)
             return portrait.image.copy()  # at rest until its engine is ready; never blocks
         face = self._generate(active, target.landmarks)
         return active.paster.paste(portrait.image, face, active.paster.mask(target.landmarks))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Release the prepared portraits; a build in progress is not waited for, and dropped."""
         with self._lock:
+            self._closed = True
             self._ready.clear()
+            self._pending.clear()
+        self._worker.shutdown()
