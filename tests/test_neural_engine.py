@@ -260,3 +260,41 @@ def test_quitting_during_a_build_exits_promptly(checkpoint, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "closed" in proc.stdout
     assert time.perf_counter() - t0 < 60  # not held up by the 300 s build at interpreter exit
+
+
+def test_a_portrait_whose_build_failed_once_is_rebuilt_after_a_later_eviction(
+        checkpoint, portrait, tmp_path, monkeypatch):
+    """A failed build is not retried every frame; but once a retry has worked, that portrait is
+    an ordinary one again: evicted later, rendering it builds it again instead of freezing."""
+    import time
+    from live_puppet.render.neural import KEEP_PREPARED
+
+    first, *others = copies(portrait, KEEP_PREPARED + 1)
+    engine = make(checkpoint, tmp_path)
+    real_build = engine.builder.build
+    calls = {"n": 0}
+
+    def flaky_build(p):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("out of GPU memory")
+        return real_build(p)
+
+    monkeypatch.setattr(engine.builder, "build", flaky_build)
+    try:
+        with pytest.raises(RuntimeError):
+            engine.prepare_async(first).result(timeout=60)
+        engine.prepare_async(first).result(timeout=60)  # the user switches back: it works now
+        for p in others:  # the user goes through the others; `first` is evicted
+            engine.render(p, target_for(p))
+            engine.prepare_async(p).result(timeout=60)
+            engine.render(p, target_for(p))
+        assert not engine.is_ready(first)
+        deadline = time.perf_counter() + 60  # back to it: rendering starts its build again
+        while time.perf_counter() < deadline:
+            if not np.array_equal(engine.render(first, target_for(first)), first.image):
+                break
+            time.sleep(0.1)
+        assert engine.is_ready(first)
+    finally:
+        engine.close()

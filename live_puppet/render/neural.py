@@ -191,6 +191,7 @@ class NeuralEngine(Engine):
             if self._closed:  # finished after close(): dropped
                 return active
             key = id(portrait)
+            self._failed.pop(key, None)  # a retry that worked: evicted later, it may be rebuilt
             self._ready[key] = active
             self._ready.move_to_end(key)
             # least recently used first; never the new one nor the one on screen
