@@ -326,6 +326,7 @@ class App:
         previous = self._install_signal_handlers()
         try:
             self._open()
+            self._started = True
             self.capture.start()
             self._loop()
         finally:
@@ -358,6 +359,7 @@ class App:
     _pending = None  # (portrait, future) being prepared for a swap
     _worker_error = None
     _tracking = None
+    _started = False  # set once everything is open and frames start to flow
     _shutting_down = False
 
     def _shutdown(self) -> None:
@@ -404,6 +406,8 @@ class App:
             if self._shutting_down:  # already closing: let it finish the recording
                 print("Still finishing the recording; one moment.", file=sys.stderr, flush=True)
                 return
+            if not self._started:  # still starting (a neural engine may build for minutes)
+                raise KeyboardInterrupt
             if self.stop_requested.is_set():  # a second Ctrl-C: stop at once (files still closed)
                 raise KeyboardInterrupt
             print("\nStopping (finishing the recording) ...", file=sys.stderr, flush=True)

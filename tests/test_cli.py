@@ -261,3 +261,26 @@ def test_a_failing_render_closes_the_face_tracker_only_after_the_tracking_thread
     with pytest.raises(RuntimeError, match="engine failure"):
         app.run()
     assert closed_while_tracking == [False]
+
+
+def test_ctrl_c_while_starting_up_stops_at_once(tmp_path, astronaut, monkeypatch, landmarker_model):
+    """Ctrl-C during a long start (a neural engine building) must not wait for it to finish."""
+    import time as time_module
+
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+
+    cv2.imwrite(str(tmp_path / "portrait.png"), astronaut)
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 10)
+
+    def long_build(self, portrait):
+        os.kill(os.getpid(), signal.SIGINT)  # the user gives up waiting
+        time_module.sleep(2.0)
+
+    monkeypatch.setattr(App, "_prepare", long_build)
+    app = App(RunConfig(portrait=tmp_path / "portrait.png", source=str(driving), realtime=False,
+                        vcam=False, preview=False))
+    with pytest.raises(KeyboardInterrupt):
+        app.run()
+    assert app.stats.frames_out == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
