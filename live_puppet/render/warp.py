@@ -12,7 +12,9 @@ lip and nose outlines on the portrait), each output pixel mapped through its own
 - a wider ring and the image border that stay still, so shoulders and background do not swim.
 A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
 stretched lips; a closing eye gets its lid's skin and a lash line. Within each open eye the iris
-is moved along the eye to follow the gaze.
+is moved along the eye to follow the gaze. Between each upper lid and its brow the band of skin
+keeps part of its height however far the brow comes down, and the exact map covers it with a strip
+of synthetic points instead of Delaunay's fan of slivers (see _lid_strips).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class _WarpMesh:
     rims: np.ndarray  # per triangle: 1, 2 or 3 if it touches the right eye's, left eye's or the
     # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
     source_det: np.ndarray  # per triangle: twice its signed area on the portrait
+    exact_source: np.ndarray  # E x 2 the exact map's points on the portrait: the 478 landmarks, then
+    # the synthetic points between the upper lids and the brows
+    strip: tuple  # (weights, offsets): the synthetic points are offsets + weights @ landmarks
+    bands: list  # per eye: the exact map's points above the upper lid and their heights (_lid_bands)
     lids: list  # per eye: _LidStyle
     irises: list  # per eye whose iris the portrait shows: (eye loop, iris points, their (u, v)
     # in the eye's frame on the portrait: u along the corners' line, v across it, in eye widths)
@@ -189,6 +195,7 @@ class WarpEngine(Engine):
         outward /= np.linalg.norm(outward, axis=1, keepdims=True) + 1e-6
         along = np.einsum("kc,kc->k", dst[fm.FACE_OVAL] - rest, outward)
         dst[n:n + k] += (mesh.ring_follow * np.maximum(along, 0.0))[:, None] * outward
+        _hold_lid_bands(dst, mesh.bands, 0, n)
         return dst
 
     def displacement(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
@@ -210,7 +217,9 @@ class WarpEngine(Engine):
         coarse = disp.reshape(gh, gw, 2).astype(np.float32)
         x0, y0, x1, y1 = mesh.roi
         disp = cv2.resize(coarse, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
-        _exact_face_map(disp, mesh, dst[:mesh.n_landmarks])
+        exact_dst = _with_strips(dst[:mesh.n_landmarks], mesh.strip)
+        _hold_lid_bands(exact_dst, mesh.bands, mesh.n_landmarks, len(exact_dst))
+        _exact_face_map(disp, mesh, exact_dst)
         for loop, u_now, u_rest, radius in gaze:
             _turn_eye(disp, mesh, dst[loop], u_now, u_rest, radius)
         return disp
@@ -249,9 +258,14 @@ def _face_triangles(xy: np.ndarray, irises: list) -> dict:
     """Fixed triangles around the eyes and mouth: a Delaunay triangulation of the outline points
     (and the centres of the irises the portrait shows, see _irises) on the portrait, with the eye
     and mouth openings first in drawing order (where a closing lid or pressed lips squeeze them to
-    nothing, the skin around, drawn later, covers them)."""
-    idx = np.append(_EXACT_POINTS, [iris[0] for _, iris, _ in irises]).astype(int)
-    simplices = idx[Delaunay(xy[idx].astype(np.float64)).simplices]
+    nothing, the skin around, drawn later, covers them). Between the upper lids and the brows the
+    points are the synthetic rows of _lid_strips."""
+    strip = _lid_strips(xy)
+    n = len(xy)
+    xy = _with_strips(xy.astype(np.float64), strip)
+    synthetic = np.arange(n, len(xy))
+    idx = np.concatenate([_EXACT_POINTS, [iris[0] for _, iris, _ in irises], synthetic]).astype(int)
+    simplices = idx[Delaunay(xy[idx]).simplices]
     centroids = xy[simplices].mean(1)
     opening = np.zeros(len(simplices), bool)
     for loop in (fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS):
@@ -261,13 +275,126 @@ def _face_triangles(xy: np.ndarray, irises: list) -> dict:
     # Only the triangles around the eyes and lips: elsewhere the coarse map, built on all 478
     # points, is the better one (these triangles are large, and bend visibly at their edges).
     near = np.isin(simplices, np.concatenate([fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS, fm.OUTER_LIPS])).any(1)
+    # The strips too, up to their top rows: from there to the brows the coarse map (a lowered
+    # brow's own points often cross one another, and triangles spanning them turn over).
+    on_strip = np.isin(simplices, synthetic).any(1)
+    brow = np.isin(simplices, np.concatenate([fm.RIGHT_BROW, fm.LEFT_BROW])).any(1)
+    near = (near | on_strip) & ~(on_strip & brow)
     simplices, opening = simplices[near], opening[near]
     triangles = np.concatenate([simplices[opening], simplices[~opening]]).astype(np.int32)
     rims = np.zeros(len(triangles), np.int8)
     for label, loop in enumerate((fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS), 1):
         rims[np.isin(triangles, loop).any(1)] = label
     return {"triangles": triangles, "n_openings": int(opening.sum()), "rims": rims,
-            "source_det": _signed_det(xy[triangles, :2].astype(np.float64))}
+            "source_det": _signed_det(xy[triangles, :2]), "exact_source": xy.astype(np.float32),
+            "strip": strip, "bands": _lid_bands(xy)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Between the upper lids and the brows. There Delaunay's triangles are a fan of long slivers from
+# each brow point down to several lid points. When the band is squeezed (the brows lowered while
+# the eyes widen, as in d6.mp4's frown; on a portrait whose brows sit low, as Mona Lisa's, the
+# transferred brow motion takes them down past the lid) the slivers turn over or pile onto the lid,
+# the exact map drops or tears them and patches in the coarse map, and a painted crease along the
+# lid comes out as a jagged, torn line. So (1) the band keeps at least LID_BAND_FLOOR of its height
+# on the portrait (in both maps), and (2) the exact map covers it with a strip of synthetic
+# points: rows at STRIP_ROWS of the way from each upper lid point to its partner on the brow's
+# lower edge (at the same share of the lid's and the brow's length), the partners following the
+# brow's motion smoothed to a straight-line fit along the brow.
+# ----------------------------------------------------------------------------------------------
+LID_BAND_FLOOR = 0.5  # least share of its height on the portrait the band above an upper lid keeps
+LID_BAND_KNEE = 0.15  # the hold eases in from LID_BAND_FLOOR + LID_BAND_KNEE (shares of the height)
+STRIP_ROWS = (1 / 3, 2 / 3)
+_BROW_LOWER = {"right": fm.RIGHT_BROW[:4:-1], "left": fm.LEFT_BROW[:4:-1]}  # outer end to inner
+
+
+def _upper_lid(xy: np.ndarray, eye: str) -> tuple:
+    """An upper lid's points from corner to corner (outer to inner), its origin (the outer
+    corner), the unit vectors along the corners' line and across it (towards the brow), and the
+    eye's width."""
+    upper, _, corners, _ = fm.LID_PAIRS[eye]
+    lid = np.concatenate([[corners[0]], upper, [corners[1]]])
+    origin = xy[corners[0]].astype(np.float64)
+    axis = xy[corners[1]] - origin
+    width = float(np.linalg.norm(axis)) + 1e-6
+    along = axis / width
+    up = np.array([along[1], -along[0]]) * (1.0 if eye == "right" else -1.0)  # the right eye runs left to right
+    return lid, origin, along, up, width
+
+
+def _heights(xy: np.ndarray, points: np.ndarray, eye: str) -> np.ndarray:
+    """How far `points` are above the upper lid of `xy`, in eye widths across the corners' line
+    (beyond the corners: above the corner)."""
+    lid, origin, along, up, width = _upper_lid(xy, eye)
+    lid_u, lid_v = (xy[lid] - origin) @ along / width, (xy[lid] - origin) @ up / width
+    order = np.argsort(lid_u)
+    rel = points - origin
+    return rel @ up / width - np.interp(rel @ along / width, lid_u[order], lid_v[order])
+
+
+def _arc(points: np.ndarray) -> np.ndarray:
+    """Per point of a polyline: its share of the polyline's length from the first point."""
+    run = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+    return run / (run[-1] + 1e-9)
+
+
+def _lid_strips(xy: np.ndarray) -> tuple:
+    """The synthetic points between the upper lids and the brows, as (weights, offsets) over the
+    landmarks: on the portrait and in every target they are offsets + weights @ landmarks."""
+    xy = xy.astype(np.float64)
+    rows, offsets = [], []
+    for eye in ("right", "left"):
+        lid = _upper_lid(xy, eye)[0]
+        brow = _BROW_LOWER[eye]
+        lid_at, brow_at = _arc(xy[lid]), _arc(xy[brow])
+        fit = np.linalg.pinv(np.stack([np.ones_like(brow_at), brow_at], 1))  # a line through the brow's motion
+        for point, at in zip(lid, lid_at):
+            j = int(np.clip(np.searchsorted(brow_at, at) - 1, 0, len(brow) - 2))
+            t = float(np.clip((at - brow_at[j]) / (brow_at[j + 1] - brow_at[j]), 0.0, 1.0))
+            partner = (1 - t) * xy[brow[j]] + t * xy[brow[j + 1]]  # on the portrait
+            motion = np.array([1.0, at]) @ fit  # weights of the brow points' motion there
+            for share in STRIP_ROWS:
+                row = np.zeros(len(xy))
+                row[brow] = share * motion
+                row[point] += 1 - share
+                rows.append(row)
+                offsets.append(share * (partner - motion @ xy[brow]))
+    return np.array(rows).reshape(-1, len(xy)), np.array(offsets).reshape(-1, 2)
+
+
+def _with_strips(points: np.ndarray, strip: tuple) -> np.ndarray:
+    """The landmarks `points` followed by the synthetic points they place."""
+    weights, offsets = strip
+    return np.concatenate([points, (offsets + weights @ points.astype(np.float64)).astype(points.dtype)])
+
+
+def _lid_bands(points: np.ndarray) -> list:
+    """Per eye: the exact map's points (landmarks and synthetic ones, not the eye's own) in the
+    band above its upper lid on the portrait, and their heights there (eye widths)."""
+    skip = np.concatenate([fm.RIGHT_EYE, fm.LEFT_EYE, fm.RIGHT_IRIS, fm.LEFT_IRIS])
+    bands = []
+    for eye in ("right", "left"):
+        _, origin, along, _, width = _upper_lid(points, eye)
+        u = (points - origin) @ along / width
+        height = _heights(points, points, eye)
+        inside = (u > -0.3) & (u < 1.3) & (height > 0.02) & (height < 1.5)
+        inside[skip] = False
+        idx = np.flatnonzero(inside)
+        bands.append((eye, idx, height[idx]))
+    return bands
+
+
+def _hold_lid_bands(dst: np.ndarray, bands: list, lo: int, hi: int) -> None:
+    """Move the band points lo..hi of `dst` (in place) up to LID_BAND_FLOOR of their height on the
+    portrait above the upper lid where they came lower, easing in smoothly."""
+    f, k = LID_BAND_FLOOR, LID_BAND_KNEE
+    for eye, idx, rest in bands:
+        mine = (idx >= lo) & (idx < hi)
+        idx, rest = idx[mine], rest[mine]
+        share = _heights(dst, dst[idx].astype(np.float64), eye) / rest
+        held = np.where(share >= f + k, share, np.where(share <= f - k, f, f + (share - f + k) ** 2 / (4 * k)))
+        _, _, _, up, width = _upper_lid(dst, eye)
+        dst[idx] += ((held - share) * rest * width)[:, None] * up
 
 
 def _signed_det(corners: np.ndarray) -> np.ndarray:
@@ -284,7 +411,7 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     x0, y0, x1, y1 = mesh.roi
     tri = mesh.triangles
     p = dst[tri].astype(np.float64)  # T x 3 x 2 target corners
-    q = mesh.source[tri].astype(np.float64)  # ... and where they come from
+    q = mesh.exact_source[tri].astype(np.float64)  # ... and where they come from
     a = np.concatenate([p.transpose(0, 2, 1), np.ones((len(tri), 1, 3))], 1)  # T x 3 x 3
     det = np.linalg.det(a)
     src_det = mesh.source_det
