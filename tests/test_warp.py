@@ -251,3 +251,28 @@ def test_head_motion_moves_the_head_but_not_the_picture_corners(astronaut_portra
 def test_static_engine_shows_the_portrait(astronaut_portrait):
     out = create_engine("static").render(astronaut_portrait, None)
     assert np.array_equal(out, astronaut_portrait.image)
+
+
+def test_a_glance_leaves_a_turned_heads_far_eye_as_painted(image_tracker):
+    # Girl with a Pearl Earring's far eye is foreshortened and the tracked outline fits it
+    # loosely: shifting its iris tore the painted eye along the outline (a white wedge). A glance
+    # moves the near eye's iris and leaves the far eye alone.
+    from conftest import PORTRAITS, need
+    from live_puppet.portrait import load_portrait
+
+    p = load_portrait(need(PORTRAITS / "girl_with_a_pearl_earring.jpg"), image_tracker)
+    engine = create_engine("warp")
+    lms = p.face.landmarks.copy()
+    for loop, iris in ((fm.RIGHT_EYE, fm.RIGHT_IRIS), (fm.LEFT_EYE, fm.LEFT_IRIS)):
+        lms[iris, :2] += 0.2 * (lms[loop[8], :2] - lms[loop[0], :2])  # along the eye
+    still = engine.render(p, target_for(p, p.face.landmarks)).astype(int)
+    glancing = engine.render(p, target_for(p, lms)).astype(int)
+
+    def change(loop):
+        (x0, y0), (x1, y1) = p.face.xy[loop].min(0).astype(int) - 3, p.face.xy[loop].max(0).astype(int) + 4
+        return np.abs(glancing[y0:y1, x0:x1] - still[y0:y1, x0:x1]).max()
+
+    widths = [np.linalg.norm(p.face.xy[loop[8]] - p.face.xy[loop[0]]) for loop in (fm.RIGHT_EYE, fm.LEFT_EYE)]
+    far, near = (fm.RIGHT_EYE, fm.LEFT_EYE) if widths[0] < widths[1] else (fm.LEFT_EYE, fm.RIGHT_EYE)
+    assert change(near) > 40  # the near eye glances
+    assert change(far) < 8  # the far eye stays as painted

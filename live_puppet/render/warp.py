@@ -65,7 +65,8 @@ class _WarpMesh:
     bands: list  # per eye: the exact map's points above the upper lid and their heights (_lid_bands)
     lids: list  # per eye: _LidStyle
     irises: list  # per eye whose iris the portrait shows: (eye loop, iris points, their (u, v)
-    # in the eye's frame on the portrait: u along the corners' line, v across it, in eye widths)
+    # in the eye's frame on the portrait: u along the corners' line, v across it, in eye widths,
+    # whether it follows the gaze: not a turned head's far eye)
 
 
 @dataclass
@@ -264,7 +265,7 @@ def _face_triangles(xy: np.ndarray, irises: list) -> dict:
     n = len(xy)
     xy = _with_strips(xy.astype(np.float64), strip)
     synthetic = np.arange(n, len(xy))
-    idx = np.concatenate([_EXACT_POINTS, [iris[0] for _, iris, _ in irises], synthetic]).astype(int)
+    idx = np.concatenate([_EXACT_POINTS, [iris[0] for _, iris, _, _ in irises], synthetic]).astype(int)
     simplices = idx[Delaunay(xy[idx]).simplices]
     centroids = xy[simplices].mean(1)
     opening = np.zeros(len(simplices), bool)
@@ -484,6 +485,7 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
 # ----------------------------------------------------------------------------------------------
 GAZE_LIMIT = 0.22  # furthest the iris centre may come to a corner, in eye widths
 GAZE_DEAD = 0.03  # smaller gaze shifts (eye widths) are MediaPipe's iris noise, not shown
+FAR_EYE = 0.8  # an eye narrower than this share of the other is a turned head's far eye: no gaze
 
 
 def _eye_frame(xy: np.ndarray, loop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -503,12 +505,19 @@ def _from_eye(uv: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> np.ndarra
 
 
 def _irises(xy: np.ndarray) -> list:
-    """Per eye of the portrait that shows its iris: (eye loop, iris points, their (u, v))."""
+    """Per eye of the portrait that shows its iris: (eye loop, iris points, their (u, v), whether
+    it follows the gaze).
+
+    A turned head's far eye keeps its iris where it is painted: the tracked outline fits it
+    loosely, so the painted eye reaches past it and a shifted iris tears at the outline (Girl with
+    a Pearl Earring, whose far eye is 0.72 of the near one's width)."""
     eyes = []
-    for loop, iris in ((fm.RIGHT_EYE, fm.RIGHT_IRIS), (fm.LEFT_EYE, fm.LEFT_IRIS)):
+    pairs = ((fm.RIGHT_EYE, fm.RIGHT_IRIS), (fm.LEFT_EYE, fm.LEFT_IRIS))
+    widths = [float(np.linalg.norm(_eye_frame(xy, loop)[1])) for loop, _ in pairs]
+    for (loop, iris), width in zip(pairs, widths):
         inside = cv2.pointPolygonTest(xy[loop].astype(np.float32), tuple(map(float, xy[iris[0]])), True)
         if inside > 1.0:  # an iris on the eye's rim (a turned head's far eye) is left alone
-            eyes.append((loop, iris, _to_eye(xy[iris], *_eye_frame(xy, loop))))
+            eyes.append((loop, iris, _to_eye(xy[iris], *_eye_frame(xy, loop)), width >= FAR_EYE * max(widths)))
     return eyes
 
 
@@ -517,7 +526,7 @@ def _irises_to_rest(dst: np.ndarray, mesh: _WarpMesh) -> list:
     height in the eye, which follows a closing lid, is kept). Return per eye where the gaze moved:
     (loop, u of the target's iris centre, u of the portrait's, the iris radius in u)."""
     turns = []
-    for loop, iris, uv in mesh.irises:
+    for loop, iris, uv, gaze in mesh.irises:
         origin, axis = _eye_frame(dst, loop)
         if float(axis @ axis) < 4.0:
             continue
@@ -527,7 +536,7 @@ def _irises_to_rest(dst: np.ndarray, mesh: _WarpMesh) -> list:
         dst[iris] = _from_eye(np.stack([uv[:, 0], now[:, 1]], -1), origin, axis)
         shift = float(np.sign(u_now - u_rest)) * max(abs(u_now - u_rest) - GAZE_DEAD, 0.0)
         radius = float(np.abs(uv[1:, 0] - u_rest).max())
-        if shift != 0.0:
+        if shift != 0.0 and gaze:
             turns.append((loop, u_rest + shift, u_rest, radius))
     return turns
 
