@@ -276,3 +276,52 @@ def test_a_glance_leaves_a_turned_heads_far_eye_as_painted(image_tracker):
     far, near = (fm.RIGHT_EYE, fm.LEFT_EYE) if widths[0] < widths[1] else (fm.LEFT_EYE, fm.RIGHT_EYE)
     assert change(near) > 40  # the near eye glances
     assert change(far) < 8  # the far eye stays as painted
+
+
+def test_a_crease_under_the_lower_lip_stays_one_smooth_line_when_the_jaw_opens(astronaut, image_tracker,
+                                                                             tmp_path):
+    # The lower lip drops further than the chin (a wide-open mouth squeezes the skin between
+    # them): a crease painted under the lower lip must come out as one smooth, unbroken line.
+    # Through Delaunay's fan of slivers from the lip to the jaw line it bent into lobes (Mona
+    # Lisa driven by d6.mp4, #58; here 1.27 px off a parabola, now 0.58).
+    import cv2
+
+    from live_puppet.portrait import load_portrait
+
+    path = tmp_path / "astronaut_2x.png"
+    cv2.imwrite(str(path), cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC))
+    p = load_portrait(path, image_tracker)
+    xy, rest = p.face.xy, p.face.landmarks
+    skin = np.array([150, 170, 200], np.uint8)
+    p.image[:] = skin
+    lip = xy[np.append(fm.OUTER_LIPS[10:], fm.OUTER_LIPS[0])]
+    lip_y = lambda x: np.interp(x, np.sort(lip[:, 0]), lip[np.argsort(lip[:, 0]), 1])  # noqa: E731
+    gap = float(xy[152, 1] - xy[17, 1])  # lower lip to chin
+    # The mouth opens: the lower lip drops most at its middle (0.6 of the gap) and none at the
+    # corners, the skin under it less the nearer the chin, the jaw line by a tenth of the gap.
+    lms = rest.copy()
+    depth = np.clip((xy[:, 1] - lip_y(xy[:, 0])) / gap, 0, 1)
+    across = np.clip((xy[:, 0] - lip[:, 0].min()) / np.ptp(lip[:, 0]), 0, 1)
+    below = (xy[:, 1] >= lip_y(xy[:, 0]) - 1) & (np.abs(xy[:, 0] - lip[:, 0].mean()) < np.ptp(lip[:, 0]))
+    below[fm.LOWER_INNER_LINE] = True
+    drop = 0.6 * (1 - (2 * across - 1) ** 2) * (1 - depth) + 0.1 * depth
+    lms[below, 1] += gap * drop[below]
+    xs = np.linspace(lip[:, 0].min(), lip[:, 0].max(), 200)
+    crease = np.stack([xs, np.polyval(np.polyfit(lip[:, 0], lip[:, 1], 2), xs) + 0.25 * gap], 1)
+    cv2.polylines(p.image, [np.round(crease * 16).astype(np.int32)], False, (0, 0, 0), 1, cv2.LINE_AA, shift=4)
+    out = create_engine("warp").render(p, target_for(p, lms))
+    grey = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(float)
+    darkness = np.clip(float(cv2.cvtColor(skin[None, None], cv2.COLOR_BGR2GRAY)[0, 0]) - 8 - grey, 0, None)
+    moved = lms[np.append(fm.OUTER_LIPS[10:], fm.OUTER_LIPS[0]), :2]
+    x0, x1 = moved[:, 0].min(), moved[:, 0].max()
+    columns = np.arange(int(x0 + 0.2 * (x1 - x0)), int(x1 - 0.2 * (x1 - x0)))
+    ink, at = [], []
+    for x in columns:  # the line in each column between the lip and the chin
+        top = int(np.interp(x, np.sort(moved[:, 0]), moved[np.argsort(moved[:, 0]), 1]) + 1)
+        dark = darkness[top:top + int(0.6 * gap), x]
+        ink.append(dark.sum())
+        at.append(top + (dark * np.arange(len(dark))).sum() / (dark.sum() + 1e-6))
+    ink, at = np.array(ink), np.array(at)
+    assert ink.min() > 0.25 * np.median(ink)  # unbroken
+    smooth = np.polyval(np.polyfit(columns, at, 2), columns)
+    assert np.abs(at - smooth).max() < 1.0  # no lobes

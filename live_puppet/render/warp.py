@@ -307,6 +307,10 @@ LID_BAND_FLOOR = 0.5  # least share of its height on the portrait the band above
 LID_BAND_KNEE = 0.15  # the hold eases in from LID_BAND_FLOOR + LID_BAND_KNEE (shares of the height)
 STRIP_ROWS = (1 / 3, 2 / 3)
 _BROW_LOWER = {"right": fm.RIGHT_BROW[:4:-1], "left": fm.LEFT_BROW[:4:-1]}  # outer end to inner
+# Under the mouth the same fan runs from the lower lip to the chin, and an opening jaw bent the
+# painted crease under the lip into lobes (Mona Lisa driven by d6.mp4, #58): a strip there too.
+_LOWER_LIP = np.append(fm.OUTER_LIPS[10:], fm.OUTER_LIPS[0])  # corner to corner
+_CHIN = fm.FACE_OVAL[13:24]  # the jaw line under the mouth, in the same direction
 
 
 def _upper_lid(xy: np.ndarray, eye: str) -> tuple:
@@ -339,28 +343,39 @@ def _arc(points: np.ndarray) -> np.ndarray:
     return run / (run[-1] + 1e-9)
 
 
-def _lid_strips(xy: np.ndarray) -> tuple:
-    """The synthetic points between the upper lids and the brows, as (weights, offsets) over the
-    landmarks: on the portrait and in every target they are offsets + weights @ landmarks."""
-    xy = xy.astype(np.float64)
+def _strip(xy: np.ndarray, line: np.ndarray, far: np.ndarray, smooth: bool) -> tuple:
+    """Synthetic points at STRIP_ROWS of the way from each point of `line` to its partner on the
+    polyline `far` (at the same share of their lengths), as (weights, offsets) over the landmarks:
+    on the portrait and in every target they are offsets + weights @ landmarks. The partners
+    follow `far`'s motion where they sit, or (`smooth`) its motion fitted to a straight line."""
+    line_at, far_at = _arc(xy[line]), _arc(xy[far])
+    fit = np.linalg.pinv(np.stack([np.ones_like(far_at), far_at], 1))  # a line through far's motion
     rows, offsets = [], []
-    for eye in ("right", "left"):
-        lid = _upper_lid(xy, eye)[0]
-        brow = _BROW_LOWER[eye]
-        lid_at, brow_at = _arc(xy[lid]), _arc(xy[brow])
-        fit = np.linalg.pinv(np.stack([np.ones_like(brow_at), brow_at], 1))  # a line through the brow's motion
-        for point, at in zip(lid, lid_at):
-            j = int(np.clip(np.searchsorted(brow_at, at) - 1, 0, len(brow) - 2))
-            t = float(np.clip((at - brow_at[j]) / (brow_at[j + 1] - brow_at[j]), 0.0, 1.0))
-            partner = (1 - t) * xy[brow[j]] + t * xy[brow[j + 1]]  # on the portrait
-            motion = np.array([1.0, at]) @ fit  # weights of the brow points' motion there
-            for share in STRIP_ROWS:
-                row = np.zeros(len(xy))
-                row[brow] = share * motion
-                row[point] += 1 - share
-                rows.append(row)
-                offsets.append(share * (partner - motion @ xy[brow]))
+    for point, at in zip(line, line_at):
+        j = int(np.clip(np.searchsorted(far_at, at) - 1, 0, len(far) - 2))
+        t = float(np.clip((at - far_at[j]) / (far_at[j + 1] - far_at[j]), 0.0, 1.0))
+        partner = (1 - t) * xy[far[j]] + t * xy[far[j + 1]]  # on the portrait
+        if smooth:
+            motion = np.array([1.0, at]) @ fit  # weights of far's points' motion there
+        else:
+            motion = np.zeros(len(far))
+            motion[j], motion[j + 1] = 1 - t, t
+        for share in STRIP_ROWS:
+            row = np.zeros(len(xy))
+            row[far] = share * motion
+            row[point] += 1 - share
+            rows.append(row)
+            offsets.append(share * (partner - motion @ xy[far]))
     return np.array(rows).reshape(-1, len(xy)), np.array(offsets).reshape(-1, 2)
+
+
+def _lid_strips(xy: np.ndarray) -> tuple:
+    """The synthetic points between the upper lids and the brows (whose own points often cross
+    one another: their motion is fitted to a line), then between the lower lip and the chin."""
+    xy = xy.astype(np.float64)
+    parts = [_strip(xy, _upper_lid(xy, eye)[0], _BROW_LOWER[eye], smooth=True) for eye in ("right", "left")]
+    parts.append(_strip(xy, _LOWER_LIP, _CHIN, smooth=False))
+    return np.concatenate([w for w, _ in parts]), np.concatenate([o for _, o in parts])
 
 
 def _with_strips(points: np.ndarray, strip: tuple) -> np.ndarray:
