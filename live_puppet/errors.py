@@ -10,3 +10,43 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def writable_file(path, what: str, flag: str):
+    """`path` as a Path, checked before any work is done: it is not a folder and its folder
+    exists and can be written. `what` names it for the user ("the fine-tuned model"), `flag` is
+    the option that sets it ("--out")."""
+    import os
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UserError(f"{flag} '{path}' is a folder; give a file name for {what} (e.g. "
+                        f"'{path / 'out'}').")
+    if not folder.is_dir():
+        raise UserError(f"The folder '{folder}' for {what} ({flag}) does not exist; create it or "
+                        f"choose another path.")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"The folder '{folder}' for {what} ({flag}) cannot be written to; choose a "
+                        f"folder you can write.")
+    return path
+
+
+def writable_folder(path, what: str, flag: str):
+    """`path` as a Path: a folder that exists or can be created, and can be written; created."""
+    import os
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} '{path}' is a file; give a folder for {what}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the folder '{path}' for {what} ({flag}): "
+                        f"{exc.strerror or exc}; choose a folder you can write.") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"The folder '{path}' for {what} ({flag}) cannot be written to; choose a "
+                        f"folder you can write.")
+    return path
