@@ -80,7 +80,7 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
     p.add_argument("--engine-dir", type=Path, default=Path("engines"),
                    help="folder of compiled neural engines (default: engines/)")
     add_canvas_arguments(p)
-    p.add_argument("--expression-gain", type=float, default=1.0,
+    p.add_argument("--expression-gain", type=gain_value, default=1.0,
                    help="multiplier on transferred expression (hotkeys +/-)")
     p.add_argument("--feature-gain", dest="feature_gains", type=feature_gain, action="append",
                    default=[], metavar="FEATURE=GAIN",
@@ -93,14 +93,25 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
 FEATURES = ("brow", "mouth", "jaw", "eye")
 
 
+def gain_value(text: str) -> float:
+    """A gain between 0 and 3 (what the +/- hotkeys allow)."""
+    try:
+        gain = float(text)
+        if not 0.0 <= gain <= 3.0:  # also refuses nan
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a gain between 0 and 3") from None
+    return gain
+
+
 def feature_gain(text: str) -> tuple[str, float]:
     """"brow=1.3" -> ("brow", 1.3)."""
     name, _, value = text.partition("=")
     try:
-        gain = float(value)
-        if name not in FEATURES or not 0.0 <= gain <= 3.0:
+        if name not in FEATURES:
             raise ValueError
-    except ValueError:
+        gain = gain_value(value)
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(
             f"'{text}' is not FEATURE=GAIN with FEATURE one of {', '.join(FEATURES)} and GAIN "
             f"between 0 and 3") from None

@@ -553,6 +553,8 @@ def probe_clip(path: Path) -> ClipInfo:
     import av
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"'{path}' is a folder; pass one driving video file here.")
     if not path.is_file():
         raise UserError(f"The driving clip '{path}' does not exist; pass a video file or a folder of them.")
     try:
@@ -801,6 +803,21 @@ class EvalReport:
         return {"mode": self.mode, "frames": self.frames, "psnr_cap_db": PSNR_CAP_DB,
                 "key_shapes": list(KEY_SHAPES), "moved_shape_std": MOVED_SHAPE_STD,
                 "results": [asdict(r) for r in self.results], "summary": self.summaries()}
+
+
+def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
+    """Every clip readable and every portrait usable (a face found), before the first pair runs:
+    one bad file found half-way would throw away the scores of the pairs before it."""
+    from live_puppet.portrait import load_portrait
+    from live_puppet.tracking import Tracker, resolve_landmarker_model
+
+    for clip in dict.fromkeys(t.driving for t in tasks):
+        probe_clip(clip)
+    portraits = list(dict.fromkeys(t.portrait for t in tasks if t.portrait is not None))
+    if portraits:
+        with Tracker(resolve_landmarker_model(options.landmarker_model), mode="image", num_faces=4) as tracker:
+            for path in portraits:
+                load_portrait(path, tracker, options.size, options.max_side)
 
 
 def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, writable_file, writable_folder
 
 
 def register(subparsers) -> None:
@@ -75,12 +75,17 @@ def eval_handler(args: argparse.Namespace) -> int:
             raise UserError("--portrait needs --driving CLIP (a video file or a folder of them).")
         tasks = ev.eval_tasks(engines, ev.expand_clips(args.driving),
                               ev.expand_portraits(args.portraits))
+    # Outputs and inputs checked before the first pair: nothing is lost half-way.
+    out_dir = writable_folder(args.out, "the contact sheets", "--out")
+    if args.json:
+        writable_file(args.json, "the scores", "--json")
     options = ev.EvalOptions(
-        out_dir=args.out, frames=args.frames, sheet_columns=args.sheet_frames,
+        out_dir=out_dir, frames=args.frames, sheet_columns=args.sheet_frames,
         sheet_every=args.sheet_every, video=args.video, landmarker_model=args.landmarker_model,
         checkpoint=args.checkpoint, backend=args.backend, engine_dir=args.engine_dir,
         size=args.size, max_side=args.max_side, expression_gain=args.expression_gain,
         feature_gains=dict(args.feature_gains))
+    ev.check_inputs(tasks, options)
     report = ev.run_eval(tasks, options, progress=_progress)
     print(report.table(), flush=True)
     print(f"Frames scored: 1..{args.frames or 'end'} of each clip; PSNR capped at "
@@ -97,9 +102,11 @@ def _progress(message: str) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    if path.parent and not path.parent.exists():
-        raise UserError(f"Cannot write '{path}': the folder '{path.parent}' does not exist.")
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        writable_file(path, "the scores", "--json").write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"Cannot write '{path}' ({exc.strerror or exc}); choose another --json "
+                        f"path.") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,8 +194,13 @@ def bench_handler(args: argparse.Namespace) -> int:
     if not args.driving or not args.portrait:
         raise UserError("bench needs --driving CLIP and --portrait IMAGE.")
     clip = ev.probe_clip(args.driving)  # a clear error before any process starts
+    if args.portrait.is_dir():
+        raise UserError(f"'{args.portrait}' is a folder; bench takes one portrait: pass a JPEG or "
+                        f"PNG file.")
     if not args.portrait.is_file():
         raise UserError(f"The portrait '{args.portrait}' does not exist; pass a JPEG or PNG file.")
+    if args.json:
+        writable_file(args.json, "the stats", "--json")
     engines = ev.parse_engines(args.engine)
     if args.sizes and args.size:
         raise UserError("Pass either --sizes (long sides) or --size (one canvas), not both.")

@@ -65,6 +65,13 @@ def run_cli(*args, timeout=120):
                           text=True, timeout=timeout, env=env)
 
 
+def run_command(*args, timeout=120):
+    """`live-puppet COMMAND ...` (eval, train, prepare ...)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "live_puppet", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
 def assert_one_clear_line(result, pattern):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -284,3 +291,29 @@ def test_ctrl_c_while_starting_up_stops_at_once(tmp_path, astronaut, monkeypatch
         app.run()
     assert app.stats.frames_out == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_other_commands_refuse_bad_outputs_and_inputs_before_doing_any_work(tmp_path, clip, astronaut,
+                                                                           landmarker_model):
+    """eval / train / prepare: an output that cannot be written, or one bad portrait among good
+    ones, is one sentence before the first pair or step (found at the end, the work was lost)."""
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    out = tmp_path / "sheets"
+    bad_out = run_command("eval", "--portrait", str(face), "--driving", str(clip), "--frames", "2",
+                      "--out", str(a_file))
+    assert_one_clear_line(bad_out, "is a file")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    cv2.imwrite(str(mixed / "a.png"), astronaut)
+    cv2.imwrite(str(mixed / "b.png"), np.full((300, 300, 3), 120, np.uint8))
+    assert_one_clear_line(run_command("eval", "--portrait", str(mixed), "--driving", str(clip),
+                                  "--frames", "2", "--out", str(out)), "No face was found")
+    assert not list(out.glob("*.png"))  # refused before the first pair ran
+    nan_gain = run_command("eval", "--portrait", str(face), "--driving", str(clip), "--expression-gain", "nan")
+    assert nan_gain.returncode == 2 and "'nan' is not a gain between 0 and 3" in nan_gain.stderr
+    assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(a_file), "--steps", "1"),
+                          "is a file")
+    assert_one_clear_line(run_command("prepare", str(clip), str(tmp_path / "prepared")), "is a file")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from live_puppet.errors import writable_folder
+
 T = TypeVar("T")
 
 SIDECAR_SUFFIX = ".json"
@@ -121,7 +123,7 @@ class EngineCache:
     def build(self, key: str, suffix: str, write: Callable[[Path], None],
               meta: dict[str, Any] | None = None) -> Path:
         """Run `write(tmp_path)`, then move the file into place and write its sidecar."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.root, "compiled engines", "--engine-dir")
         entry = self.entry(key, suffix)
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f".tmp{suffix}")
         os.close(fd)

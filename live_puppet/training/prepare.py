@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from live_puppet import sketch
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, writable_folder
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 MIN_FRAMES = 2  # a clip needs at least a shot and a target
@@ -42,6 +42,8 @@ class ClipSource:
 
 def find_clips(dataset_dir: Path) -> list[ClipSource]:
     """Every video under `dataset_dir`, sorted by id."""
+    if dataset_dir.is_file():
+        raise UserError(f"'{dataset_dir}' is a file; pass the folder that holds the videos.")
     if not dataset_dir.is_dir():
         raise UserError(f"The dataset folder '{dataset_dir}' does not exist; pass a folder of "
                         f"videos (VoxCeleb2's id/video/clip layout or any folder of clips).")
@@ -159,7 +161,7 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
         raise UserError("--every must be 1 or more (keep every N-th frame).")
     clips = find_clips(dataset_dir)
     model = resolve_landmarker_model(landmarker)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(out_dir, "the prepared dataset", "OUT_DIR")
     skipped_path = out_dir / "skipped.json"
     skipped = set(json.loads(skipped_path.read_text())) if skipped_path.is_file() else set()
     preparer = ClipPreparer(model, size, every, max_frames)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, writable_folder
 from live_puppet.model import Discriminator, Embedder, Generator, ModelConfig
 from live_puppet.model import losses as L
 from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, load_vgg_weights, \
@@ -261,8 +261,7 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     device = _device(opts.device)
-    run_dir = Path(opts.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = writable_folder(opts.out, "the training run", "--out")
     last = run_dir / "last.safetensors"
     dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
     resumed = last.is_file()
