@@ -42,7 +42,7 @@ class Source:
 
 
 @contextlib.contextmanager
-def _opencv_quiet():
+def opencv_quiet():
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
@@ -70,7 +70,7 @@ class CameraSource(Source):
                             f"use by another program, or pass --source VIDEO to drive from a file.")
 
     def _open(self):
-        with _opencv_quiet():  # OpenCV logs every backend it tries; our own message says it once
+        with opencv_quiet():  # OpenCV logs every backend it tries; our own message says it once
             cap = cv2.VideoCapture(self.index)
         if not cap.isOpened():
             cap.release()

@@ -317,3 +317,13 @@ def test_other_commands_refuse_bad_outputs_and_inputs_before_doing_any_work(tmp_
     assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(a_file), "--steps", "1"),
                           "is a file")
     assert_one_clear_line(run_command("prepare", str(clip), str(tmp_path / "prepared")), "is a file")
+
+
+def test_prepare_says_when_no_clip_could_be_read(tmp_path):
+    """A folder whose only 'video' is not one: not 'no face' with exit 0, but one sentence."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "fake.mp4").write_bytes(bytes(range(256)) * 20)
+    result = run_command("prepare", str(videos), str(tmp_path / "prepared"))
+    assert_one_clear_line(result, "1 unreadable")
+    assert not (tmp_path / "prepared" / "skipped.json").exists()  # a fixed file is taken next time

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from live_puppet.errors import UserError
+
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -18,8 +20,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                              every=args.every, max_frames=args.max_frames,
                              landmarker=args.landmarker_model)
     print(f"prepared {counts['prepared']} clip(s) ({counts['frames']} frames), "
-          f"{counts['resumed']} already done, {counts['skipped']} skipped (no face); "
-          f"output in {args.out_dir}")
+          f"{counts['resumed']} already done, {counts['skipped']} skipped (no face), "
+          f"{counts['unreadable']} unreadable; output in {args.out_dir}")
+    if counts["prepared"] + counts["resumed"] == 0:
+        raise UserError(f"No clip in '{args.dataset_dir}' could be prepared ({counts['skipped']} "
+                        f"without a face in enough frames, {counts['unreadable']} unreadable); "
+                        f"pass videos of one talking face each.")
     return 0
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from live_puppet import sketch
+from live_puppet.capture import opencv_quiet
 from live_puppet.errors import UserError, writable_folder
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -38,6 +39,16 @@ class ClipSource:
 
     clip_id: str  # path relative to the dataset folder, without suffix, '/'-separated
     path: Path
+
+
+def _readable(path: Path) -> bool:
+    """The video opens and gives a first frame."""
+    with opencv_quiet():
+        cap = cv2.VideoCapture(str(path))
+        try:
+            return bool(cap.isOpened() and cap.read()[0])
+        finally:
+            cap.release()
 
 
 def find_clips(dataset_dir: Path) -> list[ClipSource]:
@@ -165,11 +176,15 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
     skipped_path = out_dir / "skipped.json"
     skipped = set(json.loads(skipped_path.read_text())) if skipped_path.is_file() else set()
     preparer = ClipPreparer(model, size, every, max_frames)
-    counts = {"prepared": 0, "resumed": 0, "skipped": 0, "frames": 0}
+    counts = {"prepared": 0, "resumed": 0, "skipped": 0, "unreadable": 0, "frames": 0}
     for clip in tqdm(clips, desc="prepare", unit="clip"):
         target = out_dir / clip.clip_id
         if (target / "meta.json").is_file() or clip.clip_id in skipped:
             counts["resumed"] += 1
+            continue
+        if not _readable(clip.path):  # not remembered as skipped: a fixed file is taken next time
+            counts["unreadable"] += 1
+            tqdm.write(f"skipped {clip.clip_id}: '{clip.path}' cannot be read as a video")
             continue
         kept = preparer.prepare(clip, target)
         if kept == 0:
