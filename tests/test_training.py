@@ -254,6 +254,91 @@ def test_finetuning_raises_psnr_on_the_shots():
     assert result.e_hat.shape == (1, D_EMB)
 
 
+def finetune_setup(tmp_path, monkeypatch):
+    """A saved tiny meta checkpoint, a portrait file, and load_shots faked (no landmarker)."""
+    from live_puppet.training import finetune
+
+    ck_path = save_checkpoint(tmp_path / "meta.safetensors", tiny_meta_checkpoint())
+    portrait = tmp_path / "face.png"
+    portrait.write_bytes(b"")
+    image = torch.full((1, 3, 32, 32), -0.6)
+    image[:, 0, 8:20, 8:20] = 0.8
+    skt = -torch.ones(1, 3, 32, 32)
+    skt[:, 1, 8, 8:20] = 1.0
+    monkeypatch.setattr(finetune, "load_shots", lambda paths, size, landmarker=None:
+                        finetune.FewShots(image, skt, [(0.0, 0.0, 32.0, 32.0)], ["face.png"]))
+    return finetune, ck_path, portrait
+
+
+def test_finetune_refuses_a_folder_or_unwritable_out_before_any_step(tmp_path, monkeypatch):
+    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+
+    def no_step(self, batch=4):
+        raise AssertionError("a fine-tuning step ran before --out was checked")
+
+    monkeypatch.setattr(finetune.FineTuner, "step", no_step)
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    outs = [(folder, "folder"), (tmp_path / "missing" / "ft.safetensors", "does not exist")]
+    if Path("/proc/self").is_dir():
+        outs.append((Path("/proc/ft.safetensors"), "/proc/ft.safetensors"))
+    for out, needle in outs:
+        assert_one_line_user_error(lambda: finetune.run_finetune(
+            ck_path, portrait, None, out, steps=2, batch=1, echo=lambda *a: None), needle)
+    assert not list(tmp_path.rglob("*.tmp")) and not Path("/proc/ft.safetensors.tmp").exists()
+
+
+def test_save_checkpoint_to_a_folder_is_a_user_error_and_leaves_no_tmp(tmp_path):
+    (tmp_path / "outdir").mkdir()
+    assert_one_line_user_error(
+        lambda: save_checkpoint(tmp_path / "outdir", tiny_meta_checkpoint()), "outdir")
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_interrupted_finetune_saves_the_model_so_far_and_reraises(tmp_path, monkeypatch):
+    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+    real_step = finetune.FineTuner.step
+
+    def step_then_interrupt(self, batch=4):
+        if self.steps_done == 2:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(finetune.FineTuner, "step", step_then_interrupt)
+    lines = []
+    out = tmp_path / "ft.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run_finetune(ck_path, portrait, None, out, steps=50, batch=1, echo=lines.append)
+    back = load_checkpoint(out)
+    assert back.kind == "portrait" and back.step == 2 and back.extra["interrupted_at_step"] == 2
+    assert back.psi.shape == (1, back.generator.psi_dim)
+    assert any("interrupted" in line and "2 of 50" in line and str(out) in line
+               for line in lines)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_finetune_device_cuda_without_cuda_or_unknown_is_a_user_error(tmp_path, monkeypatch):
+    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+    for device, needle in (("cuda", "cuda"), ("banana", "banana")):
+        assert_one_line_user_error(lambda: finetune.run_finetune(
+            ck_path, portrait, None, tmp_path / "ft.safetensors", steps=1, batch=1,
+            device=device, echo=lambda *a: None), needle, "--device")
+
+
+def test_finetune_shots_folder_without_pictures_is_a_user_error(tmp_path):
+    from live_puppet.training.finetune import collect_pictures
+
+    portrait = tmp_path / "face.png"
+    portrait.write_bytes(b"")
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    (shots / "notes.txt").write_text("no pictures here")
+    assert_one_line_user_error(lambda: collect_pictures(portrait, shots, 8), "shots", "--shots")
+    (shots / "b.jpg").write_bytes(b"")
+    assert collect_pictures(portrait, shots, 8) == [portrait, shots / "b.jpg"]
+
+
 def parser_with_commands() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="live-puppet")
     commands.register(parser.add_subparsers(dest="command"))

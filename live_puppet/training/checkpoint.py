@@ -81,10 +81,23 @@ def save_checkpoint(path: str | os.PathLike, ck: Checkpoint) -> Path:
         "extra": json.dumps(ck.extra),
         "optimizer_groups": json.dumps(groups),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors import SafetensorError
+
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        reason = getattr(exc, "strerror", None) or str(exc)
+        if path.is_dir():
+            reason = "it is a folder"
+        raise UserError(f"Could not write the checkpoint '{path}' ({reason}); choose a file path "
+                        f"in a folder you can write.") from None
     return path
 
 

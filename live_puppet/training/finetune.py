@@ -21,11 +21,12 @@ import torch
 from torch import Tensor
 
 from live_puppet import sketch
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, writable_file
 from live_puppet.model import losses as L
 from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from live_puppet.training.data import image_to_tensor
-from live_puppet.training.train import generator_terms, make_content_loss, set_requires_grad
+from live_puppet.training.train import _device, generator_terms, make_content_loss, \
+    set_requires_grad
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -76,6 +77,10 @@ def collect_pictures(portrait: Path, shots_dir: Path | None, max_shots: int) -> 
                             f"pictures of the same face to --shots, or leave it out.")
         extra = sorted(p for p in shots_dir.iterdir()
                        if p.suffix.lower() in IMAGE_SUFFIXES and p.resolve() != portrait.resolve())
+        if not extra:
+            raise UserError(f"The shots folder '{shots_dir}' holds no picture other than the "
+                            f"portrait (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); add "
+                            f"pictures of the same face to it, or leave --shots out.")
         paths += extra[:max(0, max_shots - 1)]
     return paths
 
@@ -177,6 +182,22 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
 
     if steps < 0:
         raise UserError("--steps must be 0 or more.")
+    out = writable_file(out, "the fine-tuned model", "--out")
+    probe = out.with_name(out.name + ".tmp")  # the file save_checkpoint writes first
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"Cannot write the fine-tuned model to '{out}' (--out): "
+                        f"{exc.strerror or exc}; choose a file in a folder you can write.") \
+            from None
+    try:
+        torch_device = _device(device)
+        torch.empty(0, device=torch_device)  # an unknown or absent device fails here, not mid-way
+    except (RuntimeError, AssertionError):
+        raise UserError(f"--device '{device}' is not a device torch can use here; use --device "
+                        f"cpu, or cuda[:N] on a machine with a CUDA GPU.") from None
+    device = torch_device
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(checkpoint)
@@ -188,14 +209,24 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
              "reconstruction term instead (a deviation from the paper)")
     tuner = FineTuner(ck, shots.images, shots.sketches, content, device)
     before = self_reenactment_psnr(tuner.G, tuner.psi, tuner.images, tuner.sketches)
-    bar = tqdm(range(steps), desc="finetune", unit="step", dynamic_ncols=True)
-    for _ in bar:
-        row = tuner.step(batch)
-        bar.set_postfix(rec=f"{row['rec_l1']:.3f}")
-    after = self_reenactment_psnr(tuner.G, tuner.psi, tuner.images, tuner.sketches)
     extra = {"portrait": str(portrait), "pictures": shots.names, "boxes": shots.boxes,
              "meta_checkpoint": str(checkpoint), "meta_step": ck.step,
-             "psnr_on_shots_before": round(before, 3), "psnr_on_shots_after": round(after, 3)}
+             "psnr_on_shots_before": round(before, 3)}
+    bar = tqdm(range(steps), desc="finetune", unit="step", dynamic_ncols=True)
+    try:
+        for _ in bar:
+            row = tuner.step(batch)
+            bar.set_postfix(rec=f"{row['rec_l1']:.3f}")
+    except KeyboardInterrupt:
+        bar.close()
+        extra["interrupted_at_step"] = tuner.steps_done
+        save_checkpoint(out, tuner.result(ck, extra))
+        echo(f"interrupted: saved the model fine-tuned for {tuner.steps_done} of {steps} steps "
+             f"to {out}")
+        raise
+    bar.close()
+    after = self_reenactment_psnr(tuner.G, tuner.psi, tuner.images, tuner.sketches)
+    extra["psnr_on_shots_after"] = round(after, 3)
     save_checkpoint(out, tuner.result(ck, extra))
     echo(f"fine-tuned {steps} steps on {len(paths)} picture(s); PSNR on them "
          f"{before:.2f} -> {after:.2f} dB; wrote {out}")
