@@ -385,4 +385,4 @@ def test_prepare_caches_clips_skips_faceless_ones_and_resumes(tmp_path, monkeypa
     from live_puppet.training.prepare import prepare_dataset
 
     counts = prepare_dataset(dataset, out, size=64, max_frames=4)
-    assert counts == {"prepared": 0, "resumed": 2, "skipped": 0, "frames": 0}
+    assert counts == {"prepared": 0, "resumed": 2, "skipped": 0, "unreadable": 0, "frames": 0}
