@@ -317,6 +317,8 @@ def test_other_commands_refuse_bad_outputs_and_inputs_before_doing_any_work(tmp_
     assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(a_file), "--steps", "1"),
                           "is a file")
     assert_one_clear_line(run_command("prepare", str(clip), str(tmp_path / "prepared")), "is a file")
+    assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                                      "--steps", "1", "--device", "banana"), "is not a device")
 
 
 def test_prepare_says_when_no_clip_could_be_read(tmp_path):

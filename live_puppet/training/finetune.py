@@ -191,13 +191,7 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
         raise UserError(f"Cannot write the fine-tuned model to '{out}' (--out): "
                         f"{exc.strerror or exc}; choose a file in a folder you can write.") \
             from None
-    try:
-        torch_device = _device(device)
-        torch.empty(0, device=torch_device)  # an unknown or absent device fails here, not mid-way
-    except (RuntimeError, AssertionError):
-        raise UserError(f"--device '{device}' is not a device torch can use here; use --device "
-                        f"cpu, or cuda[:N] on a machine with a CUDA GPU.") from None
-    device = torch_device
+    device = _device(device)
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(checkpoint)

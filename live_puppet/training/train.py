@@ -246,11 +246,18 @@ class TrainOptions:
 
 
 def _device(name: str) -> torch.device:
+    """The torch device for --device, checked now (an unknown or absent one fails here, not mid-way)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu.")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError):
+        raise UserError(f"--device '{name}' is not a device torch can use here; use --device "
+                        f"cpu, or cuda[:N] on a machine with a CUDA GPU.") from None
+    return device
 
 
 def run_training(opts: TrainOptions, echo=print) -> Path:
