@@ -16,7 +16,6 @@ def writable_file(path, what: str, flag: str):
     """`path` as a Path, checked before any work is done: it is not a folder and its folder
     exists and can be written. `what` names it for the user ("the fine-tuned model"), `flag` is
     the option that sets it ("--out")."""
-    import os
     from pathlib import Path
 
     path = Path(path).expanduser()
@@ -27,15 +26,12 @@ def writable_file(path, what: str, flag: str):
     if not folder.is_dir():
         raise UserError(f"The folder '{folder}' for {what} ({flag}) does not exist; create it or "
                         f"choose another path.")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"The folder '{folder}' for {what} ({flag}) cannot be written to; choose a "
-                        f"folder you can write.")
+    _try_writing(folder, what, flag, path)
     return path
 
 
 def writable_folder(path, what: str, flag: str):
     """`path` as a Path: a folder that exists or can be created, and can be written; created."""
-    import os
     from pathlib import Path
 
     path = Path(path).expanduser()
@@ -46,7 +42,17 @@ def writable_folder(path, what: str, flag: str):
     except OSError as exc:
         raise UserError(f"Cannot create the folder '{path}' for {what} ({flag}): "
                         f"{exc.strerror or exc}; choose a folder you can write.") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"The folder '{path}' for {what} ({flag}) cannot be written to; choose a "
-                        f"folder you can write.")
+    _try_writing(path, what, flag, path)
     return path
+
+
+def _try_writing(folder, what: str, flag: str, target) -> None:
+    """Create and remove a file in `folder` (os.access says yes to root everywhere, even /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"Cannot write {what} to '{target}' ({flag}): the folder '{folder}' cannot "
+                        f"be written to ({exc.strerror or exc}); choose a folder you can write.") from None

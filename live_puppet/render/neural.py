@@ -133,6 +133,10 @@ class _BuildWorker:
                 future.set_result(result)
             del job, future, fn, args
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def shutdown(self) -> None:
         """Cancel the builds not started yet; the running one (if any) is not waited for."""
         with self._lock:
@@ -174,9 +178,8 @@ class NeuralEngine(Engine):
         self.backend = self.builder.backend_name
         self._ready: OrderedDict[int, _Active] = OrderedDict()
         self._pending: dict[int, Future] = {}
-        self._lock = threading.Lock()  # guards _ready, _pending, _on_screen, _closed
+        self._lock = threading.Lock()  # guards _ready, _pending, _on_screen
         self._on_screen: int | None = None  # id of the portrait rendered last: never evicted
-        self._closed = False
         self._worker = _BuildWorker("neural-build")
         self.last_error: str | None = None  # the last background build's failure, one line
         self._failed: dict[int, str] = {}  # portraits whose build failed: not retried per frame
@@ -188,7 +191,7 @@ class NeuralEngine(Engine):
         prepared = self.builder.build(portrait)
         active = _Active(prepared, FacePaster(portrait, prepared.inputs.box, prepared.size))
         with self._lock:
-            if self._closed:  # finished after close(): dropped
+            if self._worker.closed:  # finished after close(): dropped
                 return active
             key = id(portrait)
             self._failed.pop(key, None)  # a retry that worked: evicted later, it may be rebuilt
@@ -215,7 +218,7 @@ class NeuralEngine(Engine):
     def prepare_async(self, portrait: Portrait) -> Future:
         """Build this portrait's engine in the background; `render` keeps working meanwhile."""
         with self._lock:
-            if self._closed:
+            if self._worker.closed:
                 raise RuntimeError("the neural engine is closed")
             if self._lookup(portrait, use=True) is not None:
                 done: Future = Future()
@@ -231,7 +234,7 @@ class NeuralEngine(Engine):
         try:
             self._build(portrait)
         except Exception as exc:  # reported through last_error; the stream goes on
-            if self._closed:
+            if self._worker.closed:
                 return  # failed after close(): nobody is listening
             self.last_error = str(exc) if isinstance(exc, UserError) else \
                 f"building the neural engine for '{portrait.name}' failed: {type(exc).__name__}: {exc}"
@@ -284,7 +287,7 @@ class NeuralEngine(Engine):
         with self._lock:
             self._on_screen = id(portrait)
             active = self._lookup(portrait, use=True)
-            closed = self._closed
+            closed = self._worker.closed
         if target is None:
             return portrait.image.copy()
         if active is None:
@@ -296,8 +299,7 @@ class NeuralEngine(Engine):
 
     def close(self) -> None:
         """Release the prepared portraits; a build in progress is not waited for, and dropped."""
+        self._worker.shutdown()  # first: a build finishing from now on is dropped (see _build)
         with self._lock:
-            self._closed = True
             self._ready.clear()
             self._pending.clear()
-        self._worker.shutdown()

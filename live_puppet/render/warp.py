@@ -13,8 +13,9 @@ lip and nose outlines on the portrait), each output pixel mapped through its own
 A mouth opened wider than the portrait's gets a dark interior with a hint of teeth instead of
 stretched lips; a closing eye gets its lid's skin and a lash line. Within each open eye the iris
 is moved along the eye to follow the gaze. Between each upper lid and its brow the band of skin
-keeps part of its height however far the brow comes down, and the exact map covers it with a strip
-of synthetic points instead of Delaunay's fan of slivers (see _lid_strips).
+keeps part of its height however far the brow comes down; there, and between the lower lip and
+the jaw line, the exact map runs through a strip of synthetic points instead of Delaunay's fan of
+slivers (see _strips).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class _WarpMesh:
     # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
     source_det: np.ndarray  # per triangle: twice its signed area on the portrait
     exact_source: np.ndarray  # E x 2 the exact map's points on the portrait: the 478 landmarks, then
-    # the synthetic points between the upper lids and the brows
+    # the synthetic points of the strips (upper lids to brows, lower lip to jaw line)
     strip: tuple  # (weights, offsets): the synthetic points are offsets + weights @ landmarks
     bands: list  # per eye: the exact map's points above the upper lid and their heights (_lid_bands)
     lids: list  # per eye: _LidStyle
@@ -259,9 +260,9 @@ def _face_triangles(xy: np.ndarray, irises: list) -> dict:
     """Fixed triangles around the eyes and mouth: a Delaunay triangulation of the outline points
     (and the centres of the irises the portrait shows, see _irises) on the portrait, with the eye
     and mouth openings first in drawing order (where a closing lid or pressed lips squeeze them to
-    nothing, the skin around, drawn later, covers them). Between the upper lids and the brows the
-    points are the synthetic rows of _lid_strips."""
-    strip = _lid_strips(xy)
+    nothing, the skin around, drawn later, covers them). Between the upper lids and the brows, and
+    between the lower lip and the jaw line, the points are the synthetic rows of _strips."""
+    strip = _strips(xy)
     n = len(xy)
     xy = _with_strips(xy.astype(np.float64), strip)
     synthetic = np.arange(n, len(xy))
@@ -327,10 +328,10 @@ def _upper_lid(xy: np.ndarray, eye: str) -> tuple:
     return lid, origin, along, up, width
 
 
-def _heights(xy: np.ndarray, points: np.ndarray, eye: str) -> np.ndarray:
-    """How far `points` are above the upper lid of `xy`, in eye widths across the corners' line
-    (beyond the corners: above the corner)."""
-    lid, origin, along, up, width = _upper_lid(xy, eye)
+def _heights(xy: np.ndarray, points: np.ndarray, frame: tuple) -> np.ndarray:
+    """How far `points` are above the upper lid of `xy` (`frame`: _upper_lid of it), in eye
+    widths across the corners' line (beyond the corners: above the corner)."""
+    lid, origin, along, up, width = frame
     lid_u, lid_v = (xy[lid] - origin) @ along / width, (xy[lid] - origin) @ up / width
     order = np.argsort(lid_u)
     rel = points - origin
@@ -369,7 +370,7 @@ def _strip(xy: np.ndarray, line: np.ndarray, far: np.ndarray, smooth: bool) -> t
     return np.array(rows).reshape(-1, len(xy)), np.array(offsets).reshape(-1, 2)
 
 
-def _lid_strips(xy: np.ndarray) -> tuple:
+def _strips(xy: np.ndarray) -> tuple:
     """The synthetic points between the upper lids and the brows (whose own points often cross
     one another: their motion is fitted to a line), then between the lower lip and the chin."""
     xy = xy.astype(np.float64)
@@ -390,9 +391,10 @@ def _lid_bands(points: np.ndarray) -> list:
     skip = np.concatenate([fm.RIGHT_EYE, fm.LEFT_EYE, fm.RIGHT_IRIS, fm.LEFT_IRIS])
     bands = []
     for eye in ("right", "left"):
-        _, origin, along, _, width = _upper_lid(points, eye)
+        frame = _upper_lid(points, eye)
+        _, origin, along, _, width = frame
         u = (points - origin) @ along / width
-        height = _heights(points, points, eye)
+        height = _heights(points, points, frame)
         inside = (u > -0.3) & (u < 1.3) & (height > 0.02) & (height < 1.5)
         inside[skip] = False
         idx = np.flatnonzero(inside)
@@ -407,9 +409,10 @@ def _hold_lid_bands(dst: np.ndarray, bands: list, lo: int, hi: int) -> None:
     for eye, idx, rest in bands:
         mine = (idx >= lo) & (idx < hi)
         idx, rest = idx[mine], rest[mine]
-        share = _heights(dst, dst[idx].astype(np.float64), eye) / rest
+        frame = _upper_lid(dst, eye)
+        share = _heights(dst, dst[idx].astype(np.float64), frame) / rest
         held = np.where(share >= f + k, share, np.where(share <= f - k, f, f + (share - f + k) ** 2 / (4 * k)))
-        _, _, _, up, width = _upper_lid(dst, eye)
+        _, _, _, up, width = frame
         dst[idx] += ((held - share) * rest * width)[:, None] * up
 
 

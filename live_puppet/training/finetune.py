@@ -25,7 +25,7 @@ from live_puppet.errors import UserError, writable_file
 from live_puppet.model import losses as L
 from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from live_puppet.training.data import image_to_tensor
-from live_puppet.training.train import _device, generator_terms, make_content_loss, \
+from live_puppet.training.train import resolve_device, generator_terms, make_content_loss, \
     set_requires_grad
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -183,15 +183,7 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
     if steps < 0:
         raise UserError("--steps must be 0 or more.")
     out = writable_file(out, "the fine-tuned model", "--out")
-    probe = out.with_name(out.name + ".tmp")  # the file save_checkpoint writes first
-    try:
-        probe.open("wb").close()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"Cannot write the fine-tuned model to '{out}' (--out): "
-                        f"{exc.strerror or exc}; choose a file in a folder you can write.") \
-            from None
-    device = _device(device)
+    device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
     ck = load_checkpoint(checkpoint)

@@ -245,7 +245,7 @@ class TrainOptions:
     holdout: tuple[str, ...] = ()  # clip ids left out of training (for evaluation)
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """The torch device for --device, checked now (an unknown or absent one fails here, not mid-way)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -267,7 +267,7 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
-    device = _device(opts.device)
+    device = resolve_device(opts.device)
     run_dir = writable_folder(opts.out, "the training run", "--out")
     last = run_dir / "last.safetensors"
     dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
