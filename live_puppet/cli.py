@@ -25,14 +25,29 @@ PLUGIN_COMMANDS = ("live_puppet.evaluation_commands", "live_puppet.training.comm
                    "live_puppet.backends.commands")
 
 
-def parse_size(text: str) -> tuple[int, int]:
+# The output canvas's sides, px: a smaller canvas cannot hold a face MediaPipe finds.
+CANVAS_SIDES = (128, 8192)
+
+
+def parse_size(text: str, sides: tuple[int, int] = (16, 8192)) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
-        if w < 16 or h < 16 or w > 8192 or h > 8192:
-            raise ValueError
-        return w, h
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a size like 1280x720") from None
+    if not all(sides[0] <= v <= sides[1] for v in (w, h)):
+        raise argparse.ArgumentTypeError(f"'{text}': both sides must be {sides[0]} to {sides[1]} px")
+    return w, h
+
+
+def canvas_size(text: str) -> tuple[int, int]:
+    return parse_size(text, CANVAS_SIDES)
+
+
+def canvas_side(text: str) -> int:
+    side = _whole_number(text, CANVAS_SIDES[0])
+    if side > CANVAS_SIDES[1]:
+        raise argparse.ArgumentTypeError(f"must be {CANVAS_SIDES[1]} or less, got {side}")
+    return side
 
 
 def _whole_number(text: str, minimum: int) -> int:
@@ -55,9 +70,9 @@ def non_negative_int(text: str) -> int:
 
 def add_canvas_arguments(p: argparse.ArgumentParser) -> None:
     """--size / --max-side: the output canvas (engines are built for it)."""
-    p.add_argument("--size", type=parse_size, help="output canvas WxH (default: the portrait's "
+    p.add_argument("--size", type=canvas_size, help="output canvas WxH (default: the portrait's "
                    "own frame, long side capped at 1024)")
-    p.add_argument("--max-side", type=positive_int, default=1024,
+    p.add_argument("--max-side", type=canvas_side, default=1024,
                    help="cap on the canvas's long side when --size is not given")
 
 

@@ -115,13 +115,16 @@ def _write_json(path: Path, data: dict) -> None:
 
 def parse_sides(text: str) -> list[int]:
     """"512,1024" -> [512, 1024]."""
+    from live_puppet.cli import CANVAS_SIDES, canvas_side
     try:
-        sides = [int(v) for v in text.split(",") if v.strip()]
-        if not sides or any(s < 16 or s > 8192 for s in sides):
+        sides = [canvas_side(v) for v in text.split(",") if v.strip()]
+        if not sides:
             raise ValueError
         return sides
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a list of long sides like 512,1024") from None
+    except (ValueError, argparse.ArgumentTypeError):
+        lo, hi = CANVAS_SIDES
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of long sides like 512,1024, each "
+                                         f"{lo} to {hi} px") from None
 
 
 def parse_backends(text: str) -> list[str]:

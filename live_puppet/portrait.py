@@ -36,17 +36,22 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
+def canvas_scale(image: np.ndarray, size: tuple[int, int] | None, max_side: int) -> float:
+    """How much `fit_canvas` scales the picture."""
+    h, w = image.shape[:2]
+    return min(1.0, max_side / max(h, w)) if size is None else min(size[0] / w, size[1] / h)
+
+
 def fit_canvas(image: np.ndarray, size: tuple[int, int] | None, max_side: int) -> np.ndarray:
     """Resize to the output canvas: `size` (W, H) fitted and padded, or the long side capped."""
     h, w = image.shape[:2]
+    scale = canvas_scale(image, size, max_side)
     if size is None:
-        scale = min(1.0, max_side / max(h, w))
         out_w, out_h = max(2, round(w * scale)) // 2 * 2, max(2, round(h * scale)) // 2 * 2
         if (out_w, out_h) == (w, h):
             return image
         return cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA)
     out_w, out_h = size
-    scale = min(out_w / w, out_h / h)
     rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(image, (rw, rh), interpolation=interp)
@@ -60,14 +65,20 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
                   max_side: int = 1024) -> Portrait:
     """Read a portrait, fit it to the canvas and find its largest face (tracker in image mode)."""
     path = Path(path)
-    image = fit_canvas(read_image(path), size, max_side)
+    original = read_image(path)
+    image = fit_canvas(original, size, max_side)
+    shrunk = canvas_scale(original, size, max_side) < 1.0
+    # When fitting to the canvas shrank the picture, a bigger canvas is the first thing to try.
+    canvas = (f" at the output canvas's {image.shape[1]}x{image.shape[0]} px; give a larger --size "
+              f"or --max-side, or" if shrunk else ";")
     face = tracker.track(image)
     if face is None:
-        raise UserError(f"No face was found in '{path}'; use a portrait where one face is clearly "
-                        f"visible and roughly frontal.")
+        raise UserError(f"No face was found in '{path}'{canvas} use a portrait where one face is "
+                        f"clearly visible and roughly frontal.")
     if face.face_size() < MIN_FACE_PX:
-        raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across; use a "
-                        f"larger image or crop it closer around the face (at least {MIN_FACE_PX} px).")
+        raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across{canvas} "
+                        f"use a larger image or crop it closer around the face (at least "
+                        f"{MIN_FACE_PX} px).")
     return Portrait(name=path.stem, path=path, image=image, face=face)
 
 

@@ -314,6 +314,8 @@ def test_other_commands_refuse_bad_outputs_and_inputs_before_doing_any_work(tmp_
     assert not list(out.glob("*.png"))  # refused before the first pair ran
     nan_gain = run_command("eval", "--portrait", str(face), "--driving", str(clip), "--expression-gain", "nan")
     assert nan_gain.returncode == 2 and "'nan' is not a gain between 0 and 3" in nan_gain.stderr
+    tiny = run_command("eval", "--portrait", str(face), "--driving", str(clip), "--max-side", "5")
+    assert tiny.returncode == 2 and "--max-side: must be 128 or more, got 5" in tiny.stderr  # not "no face"
     assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(a_file), "--steps", "1"),
                           "is a file")
     assert_one_clear_line(run_command("prepare", str(clip), str(tmp_path / "prepared")), "is a file")

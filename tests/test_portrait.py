@@ -67,6 +67,13 @@ def test_no_face_and_tiny_face(tmp_path, image_tracker, astronaut):
         load_portrait(tmp_path / "tiny.png", image_tracker)
 
 
+def test_a_face_lost_by_shrinking_to_the_canvas_points_at_the_canvas(tmp_path, image_tracker, astronaut):
+    cv2.imwrite(str(tmp_path / "face.png"), astronaut)
+    assert load_portrait(tmp_path / "face.png", image_tracker).face is not None
+    with pytest.raises(UserError, match="output canvas's 128x128 px; give a larger --size or --max-side"):
+        load_portrait(tmp_path / "face.png", image_tracker, max_side=128)
+
+
 def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):
     cv2.imwrite(str(tmp_path / "b.png"), astronaut)
     cv2.imwrite(str(tmp_path / "a.png"), cv2.flip(astronaut, 1))
