@@ -21,8 +21,8 @@ from live_puppet.errors import UserError
 from live_puppet.portrait import Gallery
 from live_puppet.render import create_engine
 from live_puppet.retarget import Retargeter, RetargetSettings
-from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, RecorderSink, Sink,
-                               VirtualCameraSink, warn)
+from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, ProgressSink, RecorderSink,
+                               Sink, VirtualCameraSink, warn)
 from live_puppet.stats import Stats
 from live_puppet.tracking import FlowStabilizer, Tracker, resolve_landmarker_model
 
@@ -167,6 +167,13 @@ class App:
                                     f"the puppet; set up the virtual camera (see the README) or "
                                     f"pass --record FILE.") from None
                 warn(f"{err} Continuing without it.")
+        if c.progress and not c.preview:
+            self.sinks.append(ProgressSink(self._frames_to_come()))
+
+    def _frames_to_come(self) -> int | None:
+        """The output frames this run will make, if known: the file's length, capped by --max-frames."""
+        known = [n for n in (self.source.length, self.config.max_frames) if n is not None]
+        return min(known) if known else None
 
     # -- hotkeys ---------------------------------------------------------------------------------
     def _switch_portrait(self, index: int) -> None:

@@ -22,6 +22,7 @@ from live_puppet.errors import UserError
 from live_puppet.types import Frame
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # what counts as a video in a folder
 
 
 class Source:
@@ -30,6 +31,7 @@ class Source:
     is_live = False
     fps = 30.0
     description = "source"
+    length: int | None = None  # how many pictures it will give (None: endless or not known)
 
     def frames(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
@@ -142,10 +144,11 @@ class VideoFileSource(Source):
                 stream = container.streams.video[0]
                 rate = stream.average_rate or stream.base_rate or 30
                 self.fps = float(rate)
-                self.frame_count = int(stream.frames or 0)
+                frame_count = int(stream.frames or 0)  # 0: the container does not say
         except Exception:
             raise UserError(f"'{self.path}' could not be read as a video; pass a video file "
                             f"(mp4, mov, avi, mkv, webm ...) to --source.") from None
+        self.length = frame_count if frame_count > 0 and not loop else None
 
     def frames(self) -> Iterator[np.ndarray]:
         import av
@@ -175,6 +178,7 @@ class ImageFolderSource(Source):
         if not self.paths:
             raise UserError(f"The folder '{self.folder}' holds no images (jpg, png, ...); put the "
                             f"driving frames there or pass a video file to --source.")
+        self.length = None if loop else len(self.paths)
 
     def frames(self) -> Iterator[np.ndarray]:
         while True:

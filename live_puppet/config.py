@@ -50,6 +50,8 @@ class RunConfig:
     vcam_backend: str | None = None
     # Show the preview window (reads the hotkeys).
     preview: bool = True
+    # Without the preview: a progress bar on the terminal (frames gone by, of the file's length).
+    progress: bool = True
     # Write exactly the frames sent to the virtual camera to this H.264 file.
     record: Path | None = None
     # Write frame counts, fps and per-stage latency here at exit.

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from live_puppet.calibration import euler_angles
+from live_puppet.capture import VIDEO_SUFFIXES
 from live_puppet.errors import UserError
 from live_puppet.sinks import FrameInfo, RecorderSink, Sink
 from live_puppet.types import FaceState
@@ -51,7 +52,6 @@ MOVED_ANGLE_STD = 1.0  # a head angle counts as moved when its std is this many 
 STILL_SHAPE_STD = 0.01
 STILL_ANGLE_STD = 0.5
 CROSS_SHEET_ZOOM = 2.0  # cross-reenactment sheets show a square twice the output face's size
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}
 ANGLE_NAMES = ("yaw", "pitch", "roll")
 
 
@@ -921,17 +921,25 @@ def bench_config(spec: BenchSpec, record_path: Path | None) -> "RunConfig":
                      calibration_dir=Path(spec.calibration_dir))
 
 
-def bench_worker(spec: BenchSpec, out_json: Path) -> None:
+def bench_worker(spec: BenchSpec, out_json: Path) -> int:
     """Run one configuration in this process; write the Stats summary (as `run --stats-json`
-    does) with the canvas size, peak RSS and load average added."""
+    does) with the canvas size, peak RSS and load average added, or what went wrong (the parent
+    process says it). Returns the exit code."""
     from live_puppet.app import App
 
     load = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
-        record = Path(tmp) / "bench.mp4" if spec.record else None
-        app = App(bench_config(spec, record))
-        app.run()
-        canvas = list(app.portrait.size)
+    try:
+        with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
+            record = Path(tmp) / "bench.mp4" if spec.record else None
+            app = App(bench_config(spec, record))
+            app.run()
+            canvas = list(app.portrait.size)
+    except UserError as err:
+        out_json.write_text(json.dumps({"user_error": str(err)}))
+        return err.exit_code
+    except Exception as exc:
+        out_json.write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
     extra = {}
     if spec.engine == "neural":
         extra["backend"] = app.engine.backend  # what --backend auto chose
@@ -941,6 +949,7 @@ def bench_worker(spec: BenchSpec, out_json: Path) -> None:
     app.stats.write_json(out_json, {"spec": asdict(spec), "canvas": canvas,
                                     "peak_rss_mb": round(peak_kb / 1024.0, 1),
                                     "load_before": [round(v, 2) for v in load], **extra})
+    return 0
 
 
 def read_bench_result(data: dict) -> BenchResult:
@@ -958,13 +967,15 @@ def run_bench_spec(spec: BenchSpec, timeout: float = 1800.0) -> BenchResult:
         spec_path.write_text(json.dumps(asdict(spec)))
         cmd = [sys.executable, "-m", "live_puppet", "bench", "--worker", str(spec_path),
                "--worker-out", str(out_path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if proc.returncode != 0 or not out_path.is_file():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            if last.startswith("live-puppet: error: "):
-                raise UserError(last[len("live-puppet: error: "):])
-            raise RuntimeError(f"the benchmark of {spec.title} at {spec.max_side} px failed: {last}")
-        return read_bench_result(json.loads(out_path.read_text()))
+        # The worker shares our stderr: its progress bar and warnings show as they happen.
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=timeout)
+        data = json.loads(out_path.read_text()) if out_path.is_file() else {}
+        if "user_error" in data:
+            raise UserError(data["user_error"])
+        if proc.returncode != 0 or "fps" not in data:
+            why = data.get("error", f"the worker process ended with exit code {proc.returncode}")
+            raise RuntimeError(f"the benchmark of {spec.title} at {spec.max_side} px failed: {why}")
+        return read_bench_result(data)
 
 
 def _stage_cell(latency: dict, stage: str) -> str:

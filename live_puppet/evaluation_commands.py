@@ -191,8 +191,7 @@ def bench_handler(args: argparse.Namespace) -> int:
 
     if args.worker:
         spec = ev.BenchSpec.from_json(json.loads(args.worker.read_text()))
-        ev.bench_worker(spec, args.worker_out)
-        return 0
+        return ev.bench_worker(spec, args.worker_out)
     backends = parse_backends(args.backend)
     if not args.driving or not args.portrait:
         raise UserError("bench needs --driving CLIP and --portrait IMAGE.")

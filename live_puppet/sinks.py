@@ -183,6 +183,26 @@ class PreviewSink(Sink):
             pass
 
 
+@register_sink("progress")
+class ProgressSink(Sink):
+    """A progress bar (tqdm) for runs with no window to watch: the source's frames gone by, of
+    how many, and the rate. On stderr it shows only on a terminal (logs and pipes stay clean)."""
+
+    name = "progress"
+
+    def __init__(self, total: int | None, description: str = "rendering", file=None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=description, unit="frame", dynamic_ncols=True,
+                        file=file or sys.stderr, disable=None if file is None else False)
+
+    def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        self.bar.update(info.index + 1 - self.bar.n)  # source frames gone by, also those dropped
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @register_sink("record")
 class RecorderSink(Sink):
     """Writes every frame it is sent to an H.264 file through PyAV, encoding on its own thread.

@@ -84,6 +84,26 @@ def clip(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("clip") / "clip.mp4", numbered_frames(5))
 
 
+def test_a_headless_run_shows_how_far_through_the_file_it_is(tmp_path, monkeypatch, astronaut, landmarker_model):
+    import io
+
+    import live_puppet.app as app_module
+    from live_puppet.sinks import ProgressSink
+
+    shown = io.StringIO()
+    monkeypatch.setattr(app_module, "ProgressSink", lambda total: ProgressSink(total, file=shown))
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 12)
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--record", str(tmp_path / "out.mp4")]) == 0
+    assert "12/12" in shown.getvalue().splitlines()[-1]
+    shown.truncate(0)
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--record", str(tmp_path / "out.mp4"), "--max-frames", "5"]) == 0
+    assert "5/5" in shown.getvalue().splitlines()[-1]
+
+
 def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, landmarker_model):
     text = tmp_path / "notes.jpg"
     text.write_text("this is not a picture")
@@ -316,11 +336,29 @@ def test_other_commands_refuse_bad_outputs_and_inputs_before_doing_any_work(tmp_
     assert nan_gain.returncode == 2 and "'nan' is not a gain between 0 and 3" in nan_gain.stderr
     tiny = run_command("eval", "--portrait", str(face), "--driving", str(clip), "--max-side", "5")
     assert tiny.returncode == 2 and "--max-side: must be 128 or more, got 5" in tiny.stderr  # not "no face"
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((300, 300, 3), 120, np.uint8))
+    # bench runs each configuration in a process of its own: its error still comes out as one line
+    assert_one_clear_line(run_command("bench", "--portrait", str(wall), "--driving", str(clip),
+                                      "--frames", "2"), "No face was found")
     assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(a_file), "--steps", "1"),
                           "is a file")
     assert_one_clear_line(run_command("prepare", str(clip), str(tmp_path / "prepared")), "is a file")
     assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
                                       "--steps", "1", "--device", "banana"), "is not a device")
+
+
+def test_train_given_raw_videos_or_a_broken_prepared_clip_says_what_to_do(tmp_path, clip):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "talk.mp4").write_bytes(clip.read_bytes())
+    raw = run_command("train", "--data", str(videos), "--out", str(tmp_path / "run"), "--steps", "1")
+    assert_one_clear_line(raw, f"prepare them first with `live-puppet prepare {videos} videos-prepared`")
+    broken = tmp_path / "prepared" / "talk"
+    broken.mkdir(parents=True)
+    (broken / "meta.json").write_text('{"clip": "talk", "size"')  # damaged on disk
+    assert_one_clear_line(run_command("train", "--data", str(tmp_path / "prepared"), "--out",
+                                      str(tmp_path / "run"), "--steps", "1"), "is unreadable; delete")
 
 
 def test_prepare_says_when_no_clip_could_be_read(tmp_path):

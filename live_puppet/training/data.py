@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from live_puppet import sketch
+from live_puppet.capture import VIDEO_SUFFIXES
 from live_puppet.errors import UserError
 
 
@@ -71,12 +72,20 @@ class PreparedDataset:
         for meta_path in sorted(root.rglob("meta.json")):
             if meta_path.parent.name.endswith(".partial"):
                 continue
-            meta = json.loads(meta_path.read_text())
-            if meta["clip"] in exclude:
-                continue
-            clips.append(PreparedClip(meta["clip"], meta_path.parent, int(meta["size"]),
-                                      int(meta["frames"])))
+            try:
+                meta = json.loads(meta_path.read_text())
+                clip = PreparedClip(str(meta["clip"]), meta_path.parent, int(meta["size"]),
+                                    int(meta["frames"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                raise UserError(f"The prepared clip's {meta_path} is unreadable; delete "
+                                f"{meta_path.parent} and run `live-puppet prepare` again.") from None
+            if clip.clip_id not in exclude:
+                clips.append(clip)
         if not clips:
+            if any(p.suffix.lower() in VIDEO_SUFFIXES for p in root.rglob("*")):
+                raise UserError(f"'{root}' holds videos, not prepared clips; prepare them first with "
+                                f"`live-puppet prepare {root} {root.name}-prepared` and pass that "
+                                f"folder to --data.")
             raise UserError(f"'{root}' holds no prepared clips; run `live-puppet prepare "
                             f"DATASET_DIR {root}` first.")
         self.root = root

@@ -26,10 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from live_puppet import sketch
-from live_puppet.capture import opencv_quiet
+from live_puppet.capture import VIDEO_SUFFIXES, opencv_quiet
 from live_puppet.errors import UserError, writable_folder
 
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 MIN_FRAMES = 2  # a clip needs at least a shot and a target
 
 
