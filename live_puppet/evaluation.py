@@ -51,6 +51,16 @@ MOVED_ANGLE_STD = 1.0  # a head angle counts as moved when its std is this many 
 # amplitude, so that drift alone could correlate with the driver's motion.
 STILL_SHAPE_STD = 0.01
 STILL_ANGLE_STD = 0.5
+# Landmark geometry, read off the re-tracked landmarks themselves (eye-corner distances, in the
+# face's own frame), blendshape model aside: on a painting the blendshapes can sit where they barely
+# respond (Woman in Black's mouthPucker reads 0.007 through d0.mp4, while her re-tracked mouth
+# narrows with the driver's at r 0.76).
+FEATURES = ("eye_right", "eye_left", "mouth_width", "lip_gap", "brow_right", "brow_left",
+            "corner_right", "corner_left")
+MOVED_FEATURE_STD = 0.01  # a feature counts as moved by the driver when its std is this or more
+# MediaPipe in video mode on a still painting: feature std up to 0.0043 (150 frames, each of the
+# five ../shared paintings); an output below this does not move and its r is 0.
+STILL_FEATURE_STD = 0.005
 CROSS_SHEET_ZOOM = 2.0  # cross-reenactment sheets show a square twice the output face's size
 ANGLE_NAMES = ("yaw", "pitch", "roll")
 
@@ -156,6 +166,27 @@ def head_angles(face: FaceState) -> tuple[float, float, float]:
     return euler_angles(matrix_rotation(face.matrix))
 
 
+def face_features(xy: np.ndarray) -> dict[str, float]:
+    """FEATURES of one face (478 x 2 landmarks): lid gaps, mouth width and lip gap, brow height
+    above the upper lid, and how far each mouth corner sits above the lips' centre."""
+    from live_puppet import face_mesh as fm
+
+    across = xy[263] - xy[33]  # the eye-corner line: x of the face's frame
+    scale = float(np.linalg.norm(across)) + 1e-6
+    up = np.array([across[1], -across[0]]) / scale  # ... and its up
+
+    def height(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a - b) @ up) / scale
+
+    lips = (xy[0] + xy[17]) / 2
+    return {"eye_right": fm.eye_openness(xy, "right"), "eye_left": fm.eye_openness(xy, "left"),
+            "mouth_width": float(np.linalg.norm(xy[61] - xy[291])) / scale,
+            "lip_gap": float(np.linalg.norm(xy[13] - xy[14])) / scale,
+            "brow_right": height(xy[[105, 66, 107]].mean(0), xy[159]),
+            "brow_left": height(xy[[334, 296, 336]].mean(0), xy[386]),
+            "corner_right": height(xy[61], lips), "corner_left": height(xy[291], lips)}
+
+
 def pearson(reference: Sequence[float], follower: Sequence[float],
             still_std: float = 0.0) -> float | None:
     """Pearson's r of a follower series against a reference series.
@@ -200,6 +231,7 @@ class FaceSample:
     angles: tuple[float, float, float]  # yaw, pitch, roll in degrees
     xy: np.ndarray  # 478 x 2 landmarks, pixels
     size: float  # the landmarks' larger box side, pixels
+    features: dict[str, float]  # face_features
 
     @classmethod
     def of(cls, face: FaceState | None) -> "FaceSample | None":
@@ -207,7 +239,7 @@ class FaceSample:
             return None
         return cls(shapes={k: float(face.blendshapes.get(k, 0.0)) for k in KEY_SHAPES},
                    angles=head_angles(face), xy=face.xy.astype(np.float32).copy(),
-                   size=face.face_size())
+                   size=face.face_size(), features=face_features(face.xy.astype(np.float64)))
 
 
 @dataclass(frozen=True)
@@ -227,6 +259,8 @@ class MotionScores:
     expr_r: float | None  # mean Pearson r over the key shapes the driver moves
     expr_amplitude: float | None  # mean over those shapes of std(output) / std(driver)
     shape_r: dict[str, float]  # r per moved key shape
+    geometry_r: float | None  # mean Pearson r over the FEATURES the driver moves
+    feature_r: dict[str, float]  # r per moved feature
     yaw_r: float | None
     pitch_r: float | None
     roll_r: float | None
@@ -255,6 +289,11 @@ def score_motion(records: Sequence[FrameRecord]) -> MotionScores:
     shape_r = {k: pearson(drv_shapes[k], out_shapes[k], STILL_SHAPE_STD) for k in used}
     shape_r = {k: v for k, v in shape_r.items() if v is not None}
     amplitude = [float(out_shapes[k].std() / drv_shapes[k].std()) for k in shape_r]
+    drv_features = {k: np.array([r.driver.features[k] for r in both]) for k in FEATURES}
+    out_features = {k: np.array([r.output.features[k] for r in both]) for k in FEATURES}
+    feature_r = {k: pearson(drv_features[k], out_features[k], STILL_FEATURE_STD)
+                 for k in FEATURES if len(both) and drv_features[k].std() >= MOVED_FEATURE_STD}
+    feature_r = {k: v for k, v in feature_r.items() if v is not None}
 
     axis_r: dict[str, float | None] = {}
     for i, name in enumerate(ANGLE_NAMES):
@@ -269,6 +308,7 @@ def score_motion(records: Sequence[FrameRecord]) -> MotionScores:
                    [r.driver.size if r.driver else None for r in records])
     return MotionScores(
         expr_r=_mean(shape_r.values()), expr_amplitude=_mean(amplitude), shape_r=shape_r,
+        geometry_r=_mean(feature_r.values()), feature_r=feature_r,
         yaw_r=axis_r["yaw"], pitch_r=axis_r["pitch"], roll_r=axis_r["roll"],
         pose_r=_mean(axis_r.values()),
         face_found=sum(r.output is not None for r in records) / max(1, len(records)),
@@ -305,15 +345,17 @@ class PairResult:
     jitter_output: float | None
     jitter_driver: float | None
     jitter_ratio: float | None
+    geometry_r: float | None = None
     shape_r: dict[str, float] = field(default_factory=dict)
+    feature_r: dict[str, float] = field(default_factory=dict)
     canvas: tuple[int, int] = (0, 0)  # output (w, h)
     contact_sheet: str | None = None
     video: str | None = None
     seconds: float = 0.0  # wall time of the evaluation
 
 
-SCORE_KEYS = ("psnr", "ssim", "psnr_face", "ssim_face", "expr_r", "expr_amplitude", "yaw_r", "pitch_r", "roll_r",
-              "pose_r", "face_found", "jitter_output", "jitter_driver", "jitter_ratio")
+SCORE_KEYS = ("psnr", "ssim", "psnr_face", "ssim_face", "expr_r", "expr_amplitude", "geometry_r", "yaw_r",
+              "pitch_r", "roll_r", "pose_r", "face_found", "jitter_output", "jitter_driver", "jitter_ratio")
 
 
 def summarize_pair(records: Sequence[FrameRecord], **about) -> PairResult:
@@ -748,11 +790,13 @@ SELF_COLUMNS = (Column("clip", "name", "{}"), Column("engine", "engine", "{}"),
                 Column("frames", "frames", "{}"), Column("PSNR dB", "psnr", "{:.2f}"),
                 Column("SSIM", "ssim"), Column("PSNR face", "psnr_face", "{:.2f}"),
                 Column("SSIM face", "ssim_face"), Column("expr r", "expr_r"),
-                Column("expr amp", "expr_amplitude", "{:.2f}"), Column("pose r", "pose_r"), Column("face %", "face_found", "{:.1%}"),
+                Column("expr amp", "expr_amplitude", "{:.2f}"), Column("geom r", "geometry_r"),
+                Column("pose r", "pose_r"), Column("face %", "face_found", "{:.1%}"),
                 Column("jitter out/drv", "jitter_ratio", "{:.2f}"))
 CROSS_COLUMNS = (Column("pair", "name", "{}"), Column("engine", "engine", "{}"),
                  Column("frames", "frames", "{}"), Column("expr r", "expr_r"),
-                 Column("expr amp", "expr_amplitude", "{:.2f}"), Column("yaw r", "yaw_r"), Column("pitch r", "pitch_r"), Column("roll r", "roll_r"),
+                 Column("expr amp", "expr_amplitude", "{:.2f}"), Column("geom r", "geometry_r"),
+                 Column("yaw r", "yaw_r"), Column("pitch r", "pitch_r"), Column("roll r", "roll_r"),
                  Column("pose r", "pose_r"), Column("face %", "face_found", "{:.1%}"),
                  Column("jitter out x1e3", "jitter_output", "{:.2f}"),
                  Column("jitter out/drv", "jitter_ratio", "{:.2f}"))
@@ -802,6 +846,7 @@ class EvalReport:
     def to_json(self) -> dict:
         return {"mode": self.mode, "frames": self.frames, "psnr_cap_db": PSNR_CAP_DB,
                 "key_shapes": list(KEY_SHAPES), "moved_shape_std": MOVED_SHAPE_STD,
+                "features": list(FEATURES), "moved_feature_std": MOVED_FEATURE_STD,
                 "results": [asdict(r) for r in self.results], "summary": self.summaries()}
 
 

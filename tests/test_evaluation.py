@@ -1,5 +1,6 @@
 """eval and bench: the metrics on cases with known answers, and the commands on ../shared clips."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -96,7 +97,8 @@ def _sample(t: float, shift: float = 0.0) -> ev.FaceSample:
     shapes = {k: 0.5 + 0.4 * math.sin(t + i) for i, k in enumerate(ev.KEY_SHAPES)}
     angles = (10 * math.sin(t), 5 * math.cos(t), 3 * math.sin(2 * t))
     xy = np.full((478, 2), 100 + shift + 5 * math.sin(t), np.float32)
-    return ev.FaceSample(shapes=shapes, angles=angles, xy=xy, size=50.0)
+    features = {k: 0.3 + 0.05 * math.sin(t + i) for i, k in enumerate(ev.FEATURES)}
+    return ev.FaceSample(shapes=shapes, angles=angles, xy=xy, size=50.0, features=features)
 
 
 def test_an_output_equal_to_its_driver_scores_r_1_and_jitter_ratio_1():
@@ -105,6 +107,7 @@ def test_an_output_equal_to_its_driver_scores_r_1_and_jitter_ratio_1():
     m = ev.score_motion(records)
     assert m.expr_r == pytest.approx(1.0) and m.expr_amplitude == pytest.approx(1.0)
     assert set(m.shape_r) == set(ev.KEY_SHAPES)
+    assert m.geometry_r == pytest.approx(1.0) and set(m.feature_r) == set(ev.FEATURES)
     assert m.yaw_r == pytest.approx(1.0) and m.pitch_r == pytest.approx(1.0)
     assert m.roll_r == pytest.approx(1.0) and m.pose_r == pytest.approx(1.0)
     assert m.face_found == 1.0 and m.jitter_ratio == pytest.approx(1.0)
@@ -116,6 +119,31 @@ def test_a_still_output_scores_r_0_and_lost_faces_are_counted():
     m = ev.score_motion(records)
     assert m.expr_r == 0.0 and m.pose_r == 0.0 and m.expr_amplitude == pytest.approx(0.0, abs=1e-12)
     assert m.face_found == pytest.approx(30 / 40)
+
+
+def test_geometry_r_sees_landmark_motion_that_a_painting_s_blendshapes_do_not_show():
+    """The painting case: the output's mouth narrows and opens with the driver's, but its
+    blendshapes rest where they do not respond. expr r is 0, geom r is 1."""
+    def painting(t):
+        sample = _sample(t)
+        return dataclasses.replace(sample, shapes={k: 0.007 for k in ev.KEY_SHAPES})
+
+    m = ev.score_motion([ev.FrameRecord(i, None, _sample(i * 0.3), painting(i * 0.3)) for i in range(40)])
+    assert m.expr_r == 0.0 and m.geometry_r == pytest.approx(1.0)
+
+
+def test_face_features_follow_the_face_not_its_place_size_or_tilt(astronaut_portrait):
+    xy = astronaut_portrait.face.xy.astype(np.float64)
+    base = ev.face_features(xy)
+    angle = math.radians(20)
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    moved = ev.face_features((xy - xy.mean(0)) @ turn.T * 1.7 + (40, -25))
+    assert moved == pytest.approx(base, abs=1e-6)
+    wider = xy.copy()
+    wider[[61, 291]] += np.array([[-4.0, -3.0], [4.0, -3.0]])  # corners out and up: a smile
+    smile = ev.face_features(wider)
+    assert smile["mouth_width"] > base["mouth_width"] + 0.05
+    assert smile["corner_right"] > base["corner_right"] and smile["corner_left"] > base["corner_left"]
 
 
 def test_contact_sheet_layout():
