@@ -16,7 +16,7 @@ import numpy as np
 
 from live_puppet.calibration import calibration_path, load_shape, save_neutral
 from live_puppet.capture import Capture, open_source
-from live_puppet.config import RunConfig
+from live_puppet.config import RunConfig, default_calibration_dir
 from live_puppet.errors import UserError
 from live_puppet.portrait import Gallery
 from live_puppet.render import create_engine
@@ -33,7 +33,7 @@ HOTKEYS = (
     ("+ / -", "more / less expression"),
     ("o", "landmark overlay on/off"),
     ("f", "fps display on/off"),
-    ("m", "mirror the camera on/off"),
+    ("m", "mirror the camera on/off (the neutral face is re-taken)"),
     ("r", "reload the gallery folder"),
     ("q / Esc", "quit"),
 )
@@ -108,7 +108,7 @@ class App:
                                     neutral_refine_frames=c.neutral_refine_frames)
         if not c.calibration:
             return Retargeter(settings)
-        path = calibration_path(c.calibration, c.calibration_dir)
+        path = calibration_path(c.calibration, c.calibration_dir or default_calibration_dir())
         stored = None
         if path.exists():
             stored = load_shape(path)
@@ -144,7 +144,9 @@ class App:
     def _open_sinks(self) -> None:
         c = self.config
         if c.record:
-            self.recorder = RecorderSink(c.record, c.vcam_size, c.vcam_fps)
+            # Stamped with the source's own clock: a file's rate, a camera's capture times.
+            fps = c.vcam_fps if self.source.is_live else self.source.fps
+            self.recorder = RecorderSink(c.record, c.vcam_size, fps)
             self.sinks.append(self.recorder)
         if c.vcam:
             try:
@@ -206,7 +208,10 @@ class App:
         if ch in ("q", "\x1b"):
             self.stop_requested.set()
         elif ch.isdigit() and ch != "0":
-            self._switch_portrait(int(ch) - 1)
+            if int(ch) > len(self.gallery):
+                warn(f"there is no portrait {ch}: the gallery has {len(self.gallery)}.")
+            else:
+                self._switch_portrait(int(ch) - 1)
         elif ch == "n":
             self._switch_portrait(self.gallery.index + 1)
         elif ch == "p":
@@ -295,7 +300,8 @@ class App:
         if letterbox.src_size != work.portrait.size:
             letterbox = self.letterbox = Letterbox(work.portrait.size, self.config.vcam_size)
         out = letterbox(image)
-        info = FrameInfo(index=work.frame.index, fps=st.live_fps(), portrait_name=work.portrait.name,
+        info = FrameInfo(index=work.frame.index, media_time=work.frame.media_time,
+                         fps=st.live_fps(), portrait_name=work.portrait.name,
                          status=self._status(work.face), driver=work.frame.image,
                          driver_face=work.face, target=work.target)
         if work.target is not None and self.preview and self.preview.show_landmarks:

@@ -137,6 +137,9 @@ class VideoFileSource(Source):
         if not self.path.is_file():
             raise UserError(f"The video '{self.path}' does not exist; pass an existing video file, "
                             f"a folder of images or a camera index to --source.")
+        if self.path.suffix.lower() in IMAGE_SUFFIXES:
+            raise UserError(f"'{self.path}' is a picture, not a video; pass a video file, a folder "
+                            f"of pictures or a camera index to --source.")
         try:
             with av.open(str(self.path)) as container:
                 if not container.streams.video:
@@ -145,6 +148,8 @@ class VideoFileSource(Source):
                 rate = stream.average_rate or stream.base_rate or 30
                 self.fps = float(rate)
                 frame_count = int(stream.frames or 0)  # 0: the container does not say
+                if next(container.decode(stream), None) is None:
+                    raise ValueError("no frame")
         except Exception:
             raise UserError(f"'{self.path}' could not be read as a video; pass a video file "
                             f"(mp4, mov, avi, mkv, webm ...) to --source.") from None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import os
 import sys
 from pathlib import Path
@@ -92,8 +91,9 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
     p.add_argument("--checkpoint", type=Path, help="neural engine checkpoint (.safetensors)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="neural engine inference backend (auto: the fastest present)")
-    p.add_argument("--engine-dir", type=Path, default=Path("engines"),
-                   help="folder of compiled neural engines (default: engines/)")
+    p.add_argument("--engine-dir", type=Path,
+                   help="folder of compiled neural engines (default: engines/ beside calibration/, "
+                        "in the source checkout, else in the working folder)")
     add_canvas_arguments(p)
     p.add_argument("--expression-gain", type=gain_value, default=1.0,
                    help="multiplier on transferred expression (hotkeys +/-)")
@@ -166,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration", metavar="NAME",
                      help="reuse your saved neutral face NAME from calibration/ (made on first use, "
                           "updated by hotkey c)")
-    run.add_argument("--calibration-dir", type=Path, default=Path("calibration"),
-                     help="folder of saved calibrations (default: calibration/)")
+    run.add_argument("--calibration-dir", type=Path,
+                     help="folder of saved calibrations (default: calibration/ beside engines/)")
     run.set_defaults(func=cmd_run)
 
     for name in PLUGIN_COMMANDS:

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+ENGINE_DIR_ENV = "LIVE_PUPPET_ENGINE_DIR"
+
+
+def default_engine_dir() -> Path:
+    """$LIVE_PUPPET_ENGINE_DIR, else engines/ of the source checkout, else engines/ of the cwd."""
+    env = os.environ.get(ENGINE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    root = Path(__file__).resolve().parents[1]  # live_puppet/ is in the checkout's root
+    if (root / "pyproject.toml").is_file() and os.access(root, os.W_OK):
+        return root / "engines"
+    return Path.cwd() / "engines"
+
+
+def default_calibration_dir() -> Path:
+    """calibration/ beside engines/: saved neutral faces and INT8 calibration sets."""
+    return default_engine_dir().parent / "calibration"
 
 
 @dataclass
@@ -41,8 +60,8 @@ class RunConfig:
     neutral_refine_frames: int = 150
     # Name of a saved calibration (the user's neutral face) to reuse and update; None: none.
     calibration: str | None = None
-    # Folder of saved calibrations.
-    calibration_dir: Path = field(default_factory=lambda: Path("calibration"))
+    # Folder of saved calibrations and INT8 calibration sets (None: calibration/ beside engines/).
+    calibration_dir: Path | None = None
     # Send frames to a virtual camera (pyvirtualcam); its size, rate and backend (None: any).
     vcam: bool = True
     vcam_size: tuple[int, int] = (1280, 720)
@@ -61,8 +80,9 @@ class RunConfig:
     # Draw landmarks and fps on the preview (hotkeys o and f toggle them).
     overlay_landmarks: bool = False
     overlay_fps: bool = True
-    # Folder of compiled neural engines.
-    engine_dir: Path = field(default_factory=lambda: Path("engines"))
+    # Folder of compiled neural engines (None: engines/ of the source checkout, else of the
+    # working folder, or $LIVE_PUPPET_ENGINE_DIR).
+    engine_dir: Path | None = None
 
     def engine_options(self) -> dict:
         """Keyword options passed to the engine's constructor (engines ignore what they don't use)."""

@@ -691,7 +691,7 @@ class EvalOptions:
     landmarker_model: Path | None = None
     checkpoint: Path | None = None
     backend: str = "auto"
-    engine_dir: Path = Path("engines")
+    engine_dir: Path | None = None  # None: the default engines/ (as `run`)
     size: tuple[int, int] | None = None  # cross-reenactment canvas (self: always the clip's size)
     max_side: int = 1024
     expression_gain: float = 1.0
@@ -900,14 +900,14 @@ class BenchSpec:
     landmarker_model: str | None = None
     checkpoint: str | None = None
     backend: str = "auto"
-    engine_dir: str = "engines"
+    engine_dir: str | None = None  # None: the default engines/ (as `run`)
     expression_gain: float = 1.0
     feature_gains: dict[str, float] = field(default_factory=dict)  # --feature-gain, as `run`
     # With --model-config: the preset whose random (untrained) checkpoint is `checkpoint`, and
     # the generator's resolution; None for a trained checkpoint.
     model_config: str | None = None
     model_size: int | None = None
-    calibration_dir: str = "calibration"  # INT8 calibration sets (onnxruntime-int8)
+    calibration_dir: str | None = None  # INT8 calibration sets (None: the default calibration/)
 
     @classmethod
     def from_json(cls, data: dict) -> "BenchSpec":
@@ -962,8 +962,9 @@ def bench_config(spec: BenchSpec, record_path: Path | None) -> "RunConfig":
                      backend=spec.backend, size=spec.size, max_side=spec.max_side,
                      expression_gain=spec.expression_gain, feature_gains=dict(spec.feature_gains),
                      vcam=False, preview=False,
-                     record=record_path, max_frames=spec.frames, engine_dir=Path(spec.engine_dir),
-                     calibration_dir=Path(spec.calibration_dir))
+                     record=record_path, max_frames=spec.frames,
+                     engine_dir=Path(spec.engine_dir) if spec.engine_dir else None,
+                     calibration_dir=Path(spec.calibration_dir) if spec.calibration_dir else None)
 
 
 def bench_worker(spec: BenchSpec, out_json: Path) -> int:

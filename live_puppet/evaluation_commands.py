@@ -97,6 +97,24 @@ def eval_handler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensure_calibration_set(folder: Path | None, clip: Path, landmarker: Path | None) -> None:
+    """onnxruntime-int8 quantizes with real sketches: with no set yet, make one from the clip
+    being benchmarked (speed does not depend on which sketches calibrate)."""
+    from live_puppet.backends.calibration import CalibrationSet, write_calibration_set
+    from live_puppet.config import default_calibration_dir
+
+    folder = folder or default_calibration_dir()
+    if len(CalibrationSet(folder)) == 0:
+        _progress(f"onnxruntime-int8 needs an INT8 calibration set and {folder} has none: making "
+                  f"one from {clip.name} (once).")
+        write_calibration_set(clip, folder, landmarker=landmarker)
+
+
+def _resolved(path: Path | None) -> str | None:
+    """An absolute path for a worker process (None stays None: the worker's default)."""
+    return str(path.resolve()) if path is not None else None
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -162,8 +180,9 @@ def _register_bench(subparsers) -> None:
                         "configs with random weights (the speed does not depend on the weights)")
     p.add_argument("--model-size", type=positive_int, default=256,
                    help="generator resolution for --model-config, px (default 256)")
-    p.add_argument("--calibration-dir", type=Path, default=Path("calibration"),
-                   help="INT8 calibration sets for onnxruntime-int8 (default: calibration/)")
+    p.add_argument("--calibration-dir", type=Path,
+                   help="INT8 calibration sets for onnxruntime-int8 (default: calibration/ beside "
+                        "engines/)")
     p.add_argument("--sizes", type=parse_sides,
                    help="output long sides to measure, e.g. 512,1024 (default: --max-side); the "
                         "portrait is never enlarged")
@@ -215,15 +234,17 @@ def bench_handler(args: argparse.Namespace) -> int:
     if neural and not (args.model_config or args.checkpoint):
         raise UserError("bench --engine neural needs --checkpoint CK, or --model-config "
                         "small,paper to measure random weights of those configs.")
+    if neural and "onnxruntime-int8" in backends:
+        _ensure_calibration_set(args.calibration_dir, clip.path, args.landmarker_model)
     base = ev.BenchSpec(
         engine=engines[0], driving=str(clip.path.resolve()), portrait=str(args.portrait.resolve()),
         max_side=args.max_side, size=args.size, frames=args.frames, realtime=args.realtime,
         record=args.record,
         landmarker_model=str(args.landmarker_model.resolve()) if args.landmarker_model else None,
         checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
-        backend=backends[0], engine_dir=str(args.engine_dir.resolve()),
+        backend=backends[0], engine_dir=_resolved(args.engine_dir),
         expression_gain=args.expression_gain, feature_gains=dict(args.feature_gains),
-        calibration_dir=str(args.calibration_dir.resolve()))
+        calibration_dir=_resolved(args.calibration_dir))
     with tempfile.TemporaryDirectory(prefix="live-puppet-bench-") as tmp:
         models = _random_models(args.model_config, args.model_size, Path(tmp)) \
             if args.model_config else []

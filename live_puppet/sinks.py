@@ -55,6 +55,7 @@ class FrameInfo:
     """What sinks may show about a frame besides its pixels."""
 
     index: int
+    media_time: float | None = None  # seconds into the source (None: one frame period after the last)
     fps: float = 0.0
     portrait_name: str = ""
     landmarks: np.ndarray | None = None  # target landmarks in output pixels (for the overlay)
@@ -207,8 +208,10 @@ class ProgressSink(Sink):
 class RecorderSink(Sink):
     """Writes every frame it is sent to an H.264 file through PyAV, encoding on its own thread.
 
-    Frames are never dropped (the queue blocks when full). `close` flushes the encoder and writes
-    the file's index, so the recording is playable after any exit.
+    Each frame is stamped with its time in the source (`fps` is the file's time unit), so the
+    recording plays at the source's speed and a frame the pipeline dropped is a longer frame,
+    not a jump forward. Frames are never dropped here (the queue blocks when full). `close`
+    flushes the encoder and writes the file's index, so the recording is playable after any exit.
     """
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, crf: int = 20):
@@ -218,7 +221,7 @@ class RecorderSink(Sink):
         if self.path.parent and not self.path.parent.exists():
             raise UserError(f"Cannot record to '{self.path}': the folder '{self.path.parent}' "
                             f"does not exist; create it or choose another path.")
-        rate = Fraction(fps).limit_denominator(1001)
+        rate = self.rate = Fraction(fps).limit_denominator(1001)
         try:
             self.container = av.open(str(self.path), mode="w")
         except Exception as exc:
@@ -229,6 +232,7 @@ class RecorderSink(Sink):
         self.stream.pix_fmt = "yuv420p"
         self.stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
         self.frames_written = 0
+        self._last_pts = -1
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -238,14 +242,16 @@ class RecorderSink(Sink):
         import av
 
         while True:
-            image = self._queue.get()
-            if image is None:
+            item = self._queue.get()
+            if item is None:
                 break
             if self.error is not None:
                 continue
+            image, media_time = item
             try:
                 frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-                frame.pts = self.frames_written
+                pts = self._last_pts + 1 if media_time is None else round(media_time * self.rate)
+                frame.pts = self._last_pts = max(pts, self._last_pts + 1)
                 for packet in self.stream.encode(frame):
                     self.container.mux(packet)
                 self.frames_written += 1
@@ -255,7 +261,7 @@ class RecorderSink(Sink):
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
         if self.error is not None:
             raise RuntimeError(f"recording failed: {self.error}")
-        self._queue.put(image)
+        self._queue.put((image, info.media_time))
 
     def close(self) -> None:
         try:

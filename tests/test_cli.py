@@ -104,6 +104,40 @@ def test_a_headless_run_shows_how_far_through_the_file_it_is(tmp_path, monkeypat
     assert "5/5" in shown.getvalue().splitlines()[-1]
 
 
+def test_a_recording_of_a_25_fps_clip_plays_at_25_fps(tmp_path, astronaut, landmarker_model):
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 20, fps=25)
+    out = tmp_path / "out.mp4"
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--record", str(out)]) == 0
+    with av.open(str(out)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 20
+    assert float(frames[-1].pts * frames[-1].time_base) == pytest.approx(19 / 25, abs=0.005)  # 30 fps: 0.63 s
+
+
+def test_saved_calibrations_and_engines_share_one_folder_wherever_the_command_runs(
+        tmp_path, monkeypatch, astronaut, landmarker_model):
+    """Saved neutral faces go to calibration/ beside engines/ (where build-engine writes INT8
+    sets), not to a calibration/ of whatever folder the command was started in."""
+    from live_puppet.config import default_calibration_dir
+
+    project = tmp_path / "project"
+    monkeypatch.setenv("LIVE_PUPPET_ENGINE_DIR", str(project / "engines"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 12)
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--record", str(tmp_path / "out.mp4"), "--calibration", "me"]) == 0
+    assert default_calibration_dir() == project / "calibration"
+    assert (project / "calibration" / "me.json").is_file()
+    assert not (elsewhere / "calibration").exists()
+
+
 def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, landmarker_model):
     text = tmp_path / "notes.jpg"
     text.write_text("this is not a picture")
@@ -155,7 +189,8 @@ def test_sigint_mid_run_leaves_a_playable_recording(tmp_path, landmarker_model):
 
 
 def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, landmarker_model):
-    """Pressing 2 in the preview switches to the gallery's second portrait; c re-takes the neutral."""
+    """Pressing 2 in the preview switches to the gallery's second portrait, 3 (of two) does nothing;
+    c re-takes the neutral."""
     from live_puppet.app import App
     from live_puppet.config import RunConfig
     from live_puppet.sinks import Sink
@@ -176,6 +211,8 @@ def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, land
             self.names.append(info.portrait_name)
             if info.index == 10:
                 info.keys.append(ord("2"))
+            if info.index == 15:
+                info.keys.append(ord("3"))  # there is no third portrait: nothing changes
             if info.index == 20:
                 info.keys.append(ord("c"))
 

@@ -27,6 +27,20 @@ def test_recorder_writes_h264_with_every_frame(tmp_path):
         assert sum(1 for _ in c.decode(stream)) == 45
 
 
+def test_recorder_keeps_the_source_s_timing_when_frames_were_dropped(tmp_path):
+    path = tmp_path / "out.mp4"
+    rec = RecorderSink(path, (320, 240), 25)
+    kept = [i for i in range(50) if i % 5 != 3]  # every fifth frame dropped upstream
+    for i in kept:
+        rec.send(np.full((240, 320, 3), i * 5, np.uint8), FrameInfo(index=i, media_time=i / 25))
+    rec.close()
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in c.decode(stream)]
+    assert len(times) == len(kept)
+    assert times[-1] == pytest.approx(49 / 25, abs=0.005)  # not 39 / 25: it plays at 25 fps
+
+
 def test_recorder_into_a_missing_folder_says_so(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         RecorderSink(tmp_path / "nope" / "out.mp4", (320, 240), 30)

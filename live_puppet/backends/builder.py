@@ -28,22 +28,11 @@ import numpy as np
 from live_puppet import sketch
 from live_puppet.backends import Runner, create_backend, resolve_backend
 from live_puppet.backends.cache import EngineCache, content_hash, make_key
+from live_puppet.config import default_engine_dir
 from live_puppet.errors import UserError
 from live_puppet.types import Portrait
 
-ENGINE_DIR_ENV = "LIVE_PUPPET_ENGINE_DIR"
 FOLDING_VERSION = 1  # bump when folding.py changes what a folded generator computes
-
-
-def default_engine_dir() -> Path:
-    """$LIVE_PUPPET_ENGINE_DIR, else engines/ of the source checkout, else engines/ of the cwd."""
-    env = os.environ.get(ENGINE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file() and os.access(root, os.W_OK):
-        return root / "engines"
-    return Path.cwd() / "engines"
 
 
 def rgb_to_tensor(rgb: np.ndarray):

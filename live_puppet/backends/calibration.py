@@ -23,13 +23,6 @@ POINTS_FILE = "points.npy"
 PREVIEW_SIZE = 256
 
 
-def default_calibration_dir() -> Path:
-    """calibration/ beside engines/ (the source checkout's, else the working directory's)."""
-    from live_puppet.backends.builder import default_engine_dir
-
-    return default_engine_dir().parent / "calibration"
-
-
 def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, count: int = 48,
                           landmarker: str | os.PathLike | None = None) -> Path:
     """Track `count` evenly spaced frames of `clip` and store their sketches' points; the set's dir."""

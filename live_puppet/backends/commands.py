@@ -29,15 +29,16 @@ def register(subparsers) -> None:
                    help="auto (default: tensorrt on an NVIDIA GPU, else onnxruntime), tensorrt, "
                         "onnxruntime, onnxruntime-int8 (needs a calibration set), torch, "
                         "torch-compile")
-    p.add_argument("--engine-dir", type=Path, default=Path("engines"),
-                   help="folder of compiled engines (default: engines/)")
+    p.add_argument("--engine-dir", type=Path,
+                   help="folder of compiled engines (default: engines/ beside calibration/, in the "
+                        "source checkout, else in the working folder)")
     add_landmarker_argument(p)
     add_canvas_arguments(p)  # as given to run: the engine depends on the canvas
     p.add_argument("--calibration-clip", type=Path,
                    help="onnxruntime-int8 only: a driving clip whose sketches calibrate INT8 "
                         "(written once under --calibration-dir)")
     p.add_argument("--calibration-dir", type=Path,
-                   help="folder of INT8 calibration sets (default: calibration/)")
+                   help="folder of INT8 calibration sets (default: calibration/ beside engines/)")
     p.set_defaults(func=handler)
 
 
@@ -50,7 +51,8 @@ def handler(args: argparse.Namespace) -> int:
     paths = list_portraits(args.portrait)
     calibration_dir = getattr(args, "calibration_dir", None)
     if getattr(args, "calibration_clip", None):
-        from live_puppet.backends.calibration import default_calibration_dir, write_calibration_set
+        from live_puppet.backends.calibration import write_calibration_set
+        from live_puppet.config import default_calibration_dir
 
         calibration_dir = calibration_dir or default_calibration_dir()
         written = write_calibration_set(args.calibration_clip, calibration_dir,

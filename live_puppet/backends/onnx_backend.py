@@ -183,7 +183,8 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
 
     def __init__(self, calibration_dir: str | os.PathLike | None = None, **options):
         super().__init__(**options)
-        from live_puppet.backends.calibration import CalibrationSet, default_calibration_dir
+        from live_puppet.backends.calibration import CalibrationSet
+        from live_puppet.config import default_calibration_dir
 
         self.calibration = CalibrationSet(calibration_dir or default_calibration_dir()).require()
 
