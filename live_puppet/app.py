@@ -95,9 +95,9 @@ class App:
         self.stabilizer = FlowStabilizer()
         self._closers.append(self.tracker.close)
         self.letterbox = Letterbox(self.portrait.size, c.vcam_size)
+        self.realtime = c.realtime if c.realtime is not None else self.source.is_live
         self._open_sinks()
-        realtime = c.realtime if c.realtime is not None else self.source.is_live
-        self.capture = Capture(self.source, realtime=realtime, mirror=c.mirror)
+        self.capture = Capture(self.source, realtime=self.realtime, mirror=c.mirror)
 
     def _make_retargeter(self) -> Retargeter:
         c = self.config
@@ -144,7 +144,8 @@ class App:
     def _open_sinks(self) -> None:
         c = self.config
         if c.record:
-            # Stamped with the source's own clock: a file's rate, a camera's capture times.
+            # The rate the encoder plans for (the frames carry their own times): a file's own,
+            # a camera's nominal one.
             fps = c.vcam_fps if self.source.is_live else self.source.fps
             self.recorder = RecorderSink(c.record, c.vcam_size, fps)
             self.sinks.append(self.recorder)
@@ -169,12 +170,14 @@ class App:
                                     f"the puppet; set up the virtual camera (see the README) or "
                                     f"pass --record FILE.") from None
                 warn(f"{err} Continuing without it.")
-        if c.progress and not c.preview:
+        if c.progress and self.preview is None:  # no window (not asked for, or none to open)
             self.sinks.append(ProgressSink(self._frames_to_come()))
 
     def _frames_to_come(self) -> int | None:
-        """The output frames this run will make, if known: the file's length, capped by --max-frames."""
-        known = [n for n in (self.source.length, self.config.max_frames) if n is not None]
+        """The source frames this run will go through, if known: the file's length, capped by
+        --max-frames when every frame is rendered (in realtime, frames are dropped on the way)."""
+        cap = None if self.realtime else self.config.max_frames
+        known = [n for n in (self.source.length, cap) if n is not None]
         return min(known) if known else None
 
     # -- hotkeys ---------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ class App:
         ch = chr(key) if 0 <= key < 256 else ""
         if ch in ("q", "\x1b"):
             self.stop_requested.set()
-        elif ch.isdigit() and ch != "0":
+        elif ch and ch in "123456789":  # (str.isdigit also takes "²", a key on AZERTY keyboards)
             if int(ch) > len(self.gallery):
                 warn(f"there is no portrait {ch}: the gallery has {len(self.gallery)}.")
             else:

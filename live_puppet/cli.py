@@ -93,7 +93,7 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
                    help="neural engine inference backend (auto: the fastest present)")
     p.add_argument("--engine-dir", type=Path,
                    help="folder of compiled neural engines (default: engines/ beside calibration/, "
-                        "in the source checkout, else in the working folder)")
+                        "in the source checkout, else in the working folder; $LIVE_PUPPET_ENGINE_DIR)")
     add_canvas_arguments(p)
     p.add_argument("--expression-gain", type=gain_value, default=1.0,
                    help="multiplier on transferred expression (hotkeys +/-)")

@@ -8,8 +8,9 @@ self-reenactment is the portrait itself):
 - self-reenactment (the clip's first frame is the portrait, so every frame has a ground truth):
   PSNR and SSIM over the whole frame and inside the real face's box grown by 20%;
 - both modes: the output is re-tracked with MediaPipe; Pearson r between the driver's and the
-  output's key blendshape series and head yaw / pitch / roll series, the share of output frames with
-  a face, and temporal jitter (mean landmark acceleration, in face sizes, output / driver).
+  output's key blendshape series, landmark-geometry series (face_features) and head yaw / pitch /
+  roll series, the share of output frames with a face, and temporal jitter (mean landmark
+  acceleration, in face sizes, output / driver).
 
 bench, per engine and canvas size, in a subprocess of its own (so that the peak RSS belongs to
 that configuration): throughput and per-stage latency from the app's own `Stats` (the code behind
@@ -51,8 +52,8 @@ MOVED_ANGLE_STD = 1.0  # a head angle counts as moved when its std is this many 
 # amplitude, so that drift alone could correlate with the driver's motion.
 STILL_SHAPE_STD = 0.01
 STILL_ANGLE_STD = 0.5
-# Landmark geometry, read off the re-tracked landmarks themselves (eye-corner distances, in the
-# face's own frame), blendshape model aside: on a painting the blendshapes can sit where they barely
+# Landmark geometry, read off the re-tracked landmarks themselves (lid gaps over eye widths; the
+# rest in eye-corner distances, in the face's own frame), blendshape model aside: on a painting the blendshapes can sit where they barely
 # respond (Woman in Black's mouthPucker reads 0.007 through d0.mp4, while her re-tracked mouth
 # narrows with the driver's at r 0.76).
 FEATURES = ("eye_right", "eye_left", "mouth_width", "lip_gap", "brow_right", "brow_left",
@@ -167,8 +168,9 @@ def head_angles(face: FaceState) -> tuple[float, float, float]:
 
 
 def face_features(xy: np.ndarray) -> dict[str, float]:
-    """FEATURES of one face (478 x 2 landmarks): lid gaps, mouth width and lip gap, brow height
-    above the upper lid, and how far each mouth corner sits above the lips' centre."""
+    """FEATURES of one face (478 x 2 landmarks): lid gaps (over the eye's width), mouth width and
+    lip gap, brow height above the upper lid, and how far each mouth corner sits above the lips'
+    centre (these in distances between the outer eye corners, across the eye line)."""
     from live_puppet import face_mesh as fm
 
     across = xy[263] - xy[33]  # the eye-corner line: x of the face's frame

@@ -34,7 +34,8 @@ def _register_eval(subparsers) -> None:
                     "--self CLIP: the clip's first frame is the portrait and the clip its own "
                     "ground truth (PSNR, SSIM on the frame and the face). --portrait P --driving "
                     "CLIP: every portrait with every clip, scored by re-tracking the output "
-                    "(Pearson r of key blendshapes and head angles, face found, jitter). Frames "
+                    "(Pearson r of key blendshapes, of landmark geometry and of head angles, face "
+                    "found, jitter). Frames "
                     "1..N are scored. Writes a contact sheet PNG per pair into --out.")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--self", dest="self_clips", type=Path, nargs="+", metavar="CLIP",
@@ -240,8 +241,7 @@ def bench_handler(args: argparse.Namespace) -> int:
         engine=engines[0], driving=str(clip.path.resolve()), portrait=str(args.portrait.resolve()),
         max_side=args.max_side, size=args.size, frames=args.frames, realtime=args.realtime,
         record=args.record,
-        landmarker_model=str(args.landmarker_model.resolve()) if args.landmarker_model else None,
-        checkpoint=str(args.checkpoint.resolve()) if args.checkpoint else None,
+        landmarker_model=_resolved(args.landmarker_model), checkpoint=_resolved(args.checkpoint),
         backend=backends[0], engine_dir=_resolved(args.engine_dir),
         expression_gain=args.expression_gain, feature_gains=dict(args.feature_gains),
         calibration_dir=_resolved(args.calibration_dir))

@@ -67,19 +67,23 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
     path = Path(path)
     original = read_image(path)
     image = fit_canvas(original, size, max_side)
-    shrunk = canvas_scale(original, size, max_side) < 1.0
-    # When fitting to the canvas shrank the picture, a bigger canvas is the first thing to try.
-    canvas = (f" at the output canvas's {image.shape[1]}x{image.shape[0]} px; give a larger --size "
-              f"or --max-side, or" if shrunk else ";")
     face = tracker.track(image)
+    if face is not None and face.face_size() >= MIN_FACE_PX:
+        return Portrait(name=path.stem, path=path, image=image, face=face)
+    # Lost, or made too small, by shrinking the picture to the canvas? Then a bigger canvas helps.
+    scale = canvas_scale(original, size, max_side)
+    full = tracker.track(original) if scale < 1.0 else None
+    if full is not None and full.face_size() * scale < MIN_FACE_PX <= full.face_size():
+        option = "--size" if size is not None else "--max-side"
+        raise UserError(f"The face in '{path}' is {full.face_size():.0f} pixels across, but only "
+                        f"{full.face_size() * scale:.0f} at the output canvas's {image.shape[1]}x"
+                        f"{image.shape[0]} px (at least {MIN_FACE_PX} needed); give a larger "
+                        f"{option}.")
     if face is None:
-        raise UserError(f"No face was found in '{path}'{canvas} use a portrait where one face is "
-                        f"clearly visible and roughly frontal.")
-    if face.face_size() < MIN_FACE_PX:
-        raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across{canvas} "
-                        f"use a larger image or crop it closer around the face (at least "
-                        f"{MIN_FACE_PX} px).")
-    return Portrait(name=path.stem, path=path, image=image, face=face)
+        raise UserError(f"No face was found in '{path}'; use a portrait where one face is clearly "
+                        f"visible and roughly frontal.")
+    raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across; use a "
+                    f"larger image or crop it closer around the face (at least {MIN_FACE_PX} px).")
 
 
 def list_portraits(path: Path) -> list[Path]:

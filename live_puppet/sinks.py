@@ -55,7 +55,7 @@ class FrameInfo:
     """What sinks may show about a frame besides its pixels."""
 
     index: int
-    media_time: float | None = None  # seconds into the source (None: one frame period after the last)
+    media_time: float | None = None  # seconds into the source (None: index / the source's fps)
     fps: float = 0.0
     portrait_name: str = ""
     landmarks: np.ndarray | None = None  # target landmarks in output pixels (for the overlay)
@@ -204,14 +204,18 @@ class ProgressSink(Sink):
         self.bar.close()
 
 
+MS = Fraction(1, 1000)  # the recorder's timestamps are in milliseconds
+
+
 @register_sink("record")
 class RecorderSink(Sink):
     """Writes every frame it is sent to an H.264 file through PyAV, encoding on its own thread.
 
-    Each frame is stamped with its time in the source (`fps` is the file's time unit), so the
-    recording plays at the source's speed and a frame the pipeline dropped is a longer frame,
-    not a jump forward. Frames are never dropped here (the queue blocks when full). `close`
-    flushes the encoder and writes the file's index, so the recording is playable after any exit.
+    Each frame is stamped with its time in the source, to the millisecond, so the recording
+    plays at the source's speed (a file's rate, a camera's capture times) and a frame the pipeline
+    dropped is a longer frame, not a jump forward. `fps` is the nominal rate the encoder plans
+    for. Frames are never dropped here (the queue blocks when full). `close` flushes the encoder
+    and writes the file's index, so the recording is playable after any exit.
     """
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, crf: int = 20):
@@ -221,15 +225,16 @@ class RecorderSink(Sink):
         if self.path.parent and not self.path.parent.exists():
             raise UserError(f"Cannot record to '{self.path}': the folder '{self.path.parent}' "
                             f"does not exist; create it or choose another path.")
-        rate = self.rate = Fraction(fps).limit_denominator(1001)
+        self.rate = Fraction(fps).limit_denominator(1001)
         try:
             self.container = av.open(str(self.path), mode="w")
         except Exception as exc:
             raise UserError(f"Cannot write the recording '{self.path}' ({exc}); choose a writable "
                             f"path ending in .mp4 or .mkv.") from None
-        self.stream = self.container.add_stream("libx264", rate=rate)
+        self.stream = self.container.add_stream("libx264", rate=self.rate)
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.time_base = self.stream.time_base = MS
         self.stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
         self.frames_written = 0
         self._last_pts = -1
@@ -247,11 +252,11 @@ class RecorderSink(Sink):
                 break
             if self.error is not None:
                 continue
-            image, media_time = item
+            image, seconds = item
             try:
                 frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-                pts = self._last_pts + 1 if media_time is None else round(media_time * self.rate)
-                frame.pts = self._last_pts = max(pts, self._last_pts + 1)
+                frame.pts = self._last_pts = max(round(seconds * 1000), self._last_pts + 1)
+                frame.time_base = MS  # (the muxer changes the stream's own on writing the header)
                 for packet in self.stream.encode(frame):
                     self.container.mux(packet)
                 self.frames_written += 1
@@ -261,7 +266,8 @@ class RecorderSink(Sink):
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
         if self.error is not None:
             raise RuntimeError(f"recording failed: {self.error}")
-        self._queue.put((image, info.media_time))
+        seconds = info.media_time if info.media_time is not None else info.index / float(self.rate)
+        self._queue.put((image, seconds))
 
     def close(self) -> None:
         try:

@@ -70,8 +70,11 @@ def test_no_face_and_tiny_face(tmp_path, image_tracker, astronaut):
 def test_a_face_lost_by_shrinking_to_the_canvas_points_at_the_canvas(tmp_path, image_tracker, astronaut):
     cv2.imwrite(str(tmp_path / "face.png"), astronaut)
     assert load_portrait(tmp_path / "face.png", image_tracker).face is not None
-    with pytest.raises(UserError, match="output canvas's 128x128 px; give a larger --size or --max-side"):
+    with pytest.raises(UserError, match="at the output canvas's 128x128 px .*; give a larger --max-side"):
         load_portrait(tmp_path / "face.png", image_tracker, max_side=128)
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((1500, 2000, 3), 128, np.uint8))
+    with pytest.raises(UserError, match="No face was found in .*; use a portrait"):  # no canvas would help
+        load_portrait(tmp_path / "wall.png", image_tracker, max_side=512)
 
 
 def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):

@@ -41,6 +41,18 @@ def test_recorder_keeps_the_source_s_timing_when_frames_were_dropped(tmp_path):
     assert times[-1] == pytest.approx(49 / 25, abs=0.005)  # not 39 / 25: it plays at 25 fps
 
 
+def test_recorder_of_a_camera_faster_than_its_nominal_rate_keeps_real_time(tmp_path):
+    path = tmp_path / "cam.mp4"
+    rec = RecorderSink(path, (320, 240), 30)  # a camera that delivers 60 fps
+    for i in range(120):
+        rec.send(np.full((240, 320, 3), i * 2, np.uint8), FrameInfo(index=i, media_time=i / 60))
+    rec.close()
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    assert len(frames) == 120
+    assert float(frames[-1].pts * frames[-1].time_base) == pytest.approx(119 / 60, abs=0.005)  # not 4.4 s
+
+
 def test_recorder_into_a_missing_folder_says_so(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         RecorderSink(tmp_path / "nope" / "out.mp4", (320, 240), 30)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                         "torch-compile")
     p.add_argument("--engine-dir", type=Path,
                    help="folder of compiled engines (default: engines/ beside calibration/, in the "
-                        "source checkout, else in the working folder)")
+                        "source checkout, else in the working folder; $LIVE_PUPPET_ENGINE_DIR)")
     add_landmarker_argument(p)
     add_canvas_arguments(p)  # as given to run: the engine depends on the canvas
     p.add_argument("--calibration-clip", type=Path,

@@ -84,7 +84,7 @@ class PreparedDataset:
         if not clips:
             if any(p.suffix.lower() in VIDEO_SUFFIXES for p in root.rglob("*")):
                 raise UserError(f"'{root}' holds videos, not prepared clips; prepare them first with "
-                                f"`live-puppet prepare {root} {root.name}-prepared` and pass that "
+                                f"`live-puppet prepare {root} {root.resolve().name}-prepared` and pass that "
                                 f"folder to --data.")
             raise UserError(f"'{root}' holds no prepared clips; run `live-puppet prepare "
                             f"DATASET_DIR {root}` first.")
