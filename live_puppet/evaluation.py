@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
+from live_puppet import face_mesh as fm
 from live_puppet.calibration import euler_angles
 from live_puppet.capture import VIDEO_SUFFIXES
 from live_puppet.errors import UserError
@@ -53,9 +54,9 @@ MOVED_ANGLE_STD = 1.0  # a head angle counts as moved when its std is this many 
 STILL_SHAPE_STD = 0.01
 STILL_ANGLE_STD = 0.5
 # Landmark geometry, read off the re-tracked landmarks themselves (lid gaps over eye widths; the
-# rest in eye-corner distances, in the face's own frame), blendshape model aside: on a painting the blendshapes can sit where they barely
-# respond (Woman in Black's mouthPucker reads 0.007 through d0.mp4, while her re-tracked mouth
-# narrows with the driver's at r 0.76).
+# rest in eye-corner distances, in the face's own frame), blendshape model aside: on a painting
+# the blendshapes can sit where they barely respond (Woman in Black's mouthPucker reads 0.007
+# through d0.mp4, while her re-tracked mouth narrows with the driver's at r 0.76).
 FEATURES = ("eye_right", "eye_left", "mouth_width", "lip_gap", "brow_right", "brow_left",
             "corner_right", "corner_left")
 MOVED_FEATURE_STD = 0.01  # a feature counts as moved by the driver when its std is this or more
@@ -171,8 +172,6 @@ def face_features(xy: np.ndarray) -> dict[str, float]:
     """FEATURES of one face (478 x 2 landmarks): lid gaps (over the eye's width), mouth width and
     lip gap, brow height above the upper lid, and how far each mouth corner sits above the lips'
     centre (these in distances between the outer eye corners, across the eye line)."""
-    from live_puppet import face_mesh as fm
-
     across = xy[263] - xy[33]  # the eye-corner line: x of the face's frame
     scale = float(np.linalg.norm(across)) + 1e-6
     up = np.array([across[1], -across[0]]) / scale  # ... and its up

@@ -98,19 +98,6 @@ def eval_handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_calibration_set(folder: Path | None, clip: Path, landmarker: Path | None) -> None:
-    """onnxruntime-int8 quantizes with real sketches: with no set yet, make one from the clip
-    being benchmarked (speed does not depend on which sketches calibrate)."""
-    from live_puppet.backends.calibration import CalibrationSet, write_calibration_set
-    from live_puppet.config import default_calibration_dir
-
-    folder = folder or default_calibration_dir()
-    if len(CalibrationSet(folder)) == 0:
-        _progress(f"onnxruntime-int8 needs an INT8 calibration set and {folder} has none: making "
-                  f"one from {clip.name} (once).")
-        write_calibration_set(clip, folder, landmarker=landmarker)
-
-
 def _resolved(path: Path | None) -> str | None:
     """An absolute path for a worker process (None stays None: the worker's default)."""
     return str(path.resolve()) if path is not None else None
@@ -235,8 +222,10 @@ def bench_handler(args: argparse.Namespace) -> int:
     if neural and not (args.model_config or args.checkpoint):
         raise UserError("bench --engine neural needs --checkpoint CK, or --model-config "
                         "small,paper to measure random weights of those configs.")
-    if neural and "onnxruntime-int8" in backends:
-        _ensure_calibration_set(args.calibration_dir, clip.path, args.landmarker_model)
+    if neural and "onnxruntime-int8" in backends:  # speed does not depend on which sketches calibrate
+        from live_puppet.backends.calibration import ensure_calibration_set
+
+        ensure_calibration_set(args.calibration_dir, clip.path, args.landmarker_model)
     base = ev.BenchSpec(
         engine=engines[0], driving=str(clip.path.resolve()), portrait=str(args.portrait.resolve()),
         max_side=args.max_side, size=args.size, frames=args.frames, realtime=args.realtime,

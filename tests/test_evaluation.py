@@ -258,14 +258,13 @@ def test_bench_neural_compares_backends_on_random_weights(tmp_path, landmarker_m
 
 def test_bench_int8_on_a_fresh_checkout_makes_its_calibration_set_from_the_clip(tmp_path, landmarker_model):
     """Without a set, onnxruntime-int8 stopped the run; bench now makes one once from its clip."""
-    from live_puppet.backends.calibration import CalibrationSet
-    from live_puppet.evaluation_commands import _ensure_calibration_set
+    from live_puppet.backends.calibration import CalibrationSet, ensure_calibration_set
 
     clip = need(DRIVING / "d0.mp4")
-    _ensure_calibration_set(tmp_path / "calibration", clip, landmarker_model)
+    ensure_calibration_set(tmp_path / "calibration", clip, landmarker_model)
     made = CalibrationSet(tmp_path / "calibration")
     assert len(made) >= 40 and made.files[0].parent.name == "d0"
-    _ensure_calibration_set(tmp_path / "calibration", need(DRIVING / "d19.mp4"), landmarker_model)
+    ensure_calibration_set(tmp_path / "calibration", need(DRIVING / "d19.mp4"), landmarker_model)
     assert len(CalibrationSet(tmp_path / "calibration").files) == 1  # one set is enough
 
 

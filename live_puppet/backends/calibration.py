@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -66,6 +67,18 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
     np.save(tmp, np.stack(points).astype(np.float32))
     os.replace(tmp, dest / POINTS_FILE)
     return dest
+
+
+def ensure_calibration_set(folder: str | os.PathLike | None, clip: str | os.PathLike,
+                           landmarker: str | os.PathLike | None = None) -> None:
+    """If `folder` (None: the default calibration/) holds no set yet, make one from `clip`."""
+    from live_puppet.config import default_calibration_dir
+
+    folder = Path(folder) if folder is not None else default_calibration_dir()
+    if len(CalibrationSet(folder)) == 0:
+        print(f"onnxruntime-int8 needs an INT8 calibration set and {folder} has none: making one "
+              f"from {Path(clip).name} (once).", file=sys.stderr, flush=True)
+        write_calibration_set(clip, folder, landmarker=landmarker)
 
 
 class CalibrationSet:
