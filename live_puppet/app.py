@@ -22,7 +22,7 @@ from live_puppet.portrait import Gallery
 from live_puppet.render import create_engine
 from live_puppet.retarget import Retargeter, RetargetSettings
 from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, ProgressSink, RecorderSink,
-                               Sink, VirtualCameraSink, warn)
+                               Sink, VirtualCameraSink, say, warn)
 from live_puppet.stats import Stats
 from live_puppet.tracking import FlowStabilizer, Tracker, resolve_landmarker_model
 
@@ -117,7 +117,7 @@ class App:
         def save(neutral) -> None:
             try:
                 save_neutral(neutral, path)
-                print(f"Calibration '{c.calibration}' saved to {path}.", flush=True)
+                say(f"Calibration '{c.calibration}' saved to {path}.")
             except OSError as exc:
                 warn(f"could not save the calibration to {path} ({exc}); it is used for this session only.")
 
@@ -420,13 +420,13 @@ class App:
 
         def on_signal(signum, _frame):
             if self._shutting_down:  # already closing: let it finish the recording
-                print("Still finishing the recording; one moment.", file=sys.stderr, flush=True)
+                say("Still finishing the recording; one moment.", file=sys.stderr)
                 return
             if not self._started:  # still starting (a neural engine may build for minutes)
                 raise KeyboardInterrupt
             if self.stop_requested.is_set():  # a second Ctrl-C: stop at once (files still closed)
                 raise KeyboardInterrupt
-            print("\nStopping (finishing the recording) ...", file=sys.stderr, flush=True)
+            say("\nStopping (finishing the recording) ...", file=sys.stderr)
             self.stop_requested.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

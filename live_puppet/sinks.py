@@ -23,8 +23,17 @@ from live_puppet.errors import UserError
 from live_puppet.types import FaceState, Target
 
 
+def say(message: str, file=None) -> None:
+    """Print a line (stdout by default) without breaking a progress bar being drawn."""
+    from tqdm import tqdm
+
+    file = file or sys.stdout
+    tqdm.write(message, file=file)
+    file.flush()
+
+
 def warn(message: str) -> None:
-    print(f"live-puppet: {message}", file=sys.stderr, flush=True)
+    say(f"live-puppet: {message}", file=sys.stderr)
 
 
 class Letterbox:
