@@ -177,16 +177,30 @@ def save_neutral(neutral: Neutral, path: Path) -> None:
     tmp.replace(path)
 
 
+def _is_face_shape(shape: np.ndarray) -> bool:
+    """Whether `shape` is what Neutral.shape() writes: a face centred on its rigid points at unit
+    size, upright and frontal (eyes above the nose tip, above the mouth, above the chin)."""
+    center, size = rigid_frame(shape)
+    y = shape[:, 1]
+    return bool(0.9 < size < 1.1 and np.linalg.norm(center) < 0.1
+                and shape[33, 0] < shape[263, 0]
+                and max(y[33], y[263]) < y[1] < y[13] < y[152])
+
+
 def load_shape(path: Path) -> tuple[np.ndarray, float]:
     """The stored neutral shape (478 x 3) and its activity."""
     try:
         data = json.loads(Path(path).read_text())
-        if data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("format")
         shape = np.asarray(data["shape"], np.float64)
-        if shape.shape != (478, 3) or not np.isfinite(shape).all():
+        if shape.shape != (478, 3) or not np.isfinite(shape).all() or not _is_face_shape(shape):
             raise ValueError("shape")
-        return shape, float(data.get("activity", 0.0))
+        act = float(data.get("activity", 0.0))
+        if not np.isfinite(act) or act < 0:
+            raise ValueError("activity")
+        return shape, act
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"The calibration '{path}' is damaged or not a live-puppet calibration; "
-                        f"delete it and press c in the preview to calibrate again.") from None
+                        f"delete it, and the next start with this name takes your neutral face "
+                        f"afresh.") from None

@@ -224,6 +224,22 @@ def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_p
     assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 0.5
 
 
+def test_a_calibration_file_that_is_not_a_face_is_refused_not_animated(astronaut_portrait, tmp_path):
+    """A stored shape of zeros used to load and turn the warp's map into NaNs (the run hung)."""
+    import json
+
+    from live_puppet.calibration import FORMAT, load_shape
+    from live_puppet.errors import UserError
+
+    good = {"format": FORMAT, "activity": 0.5, "shape": np.zeros((478, 3)).tolist()}
+    for name, data in (("zeros", good), ("list", [1, 2]), ("null", None),
+                       ("nan", {**good, "activity": float("nan")})):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(data))
+        with pytest.raises(UserError, match="damaged or not a live-puppet calibration"):
+            load_shape(path)
+
+
 def test_flow_stabilizer_keeps_a_still_face_still_and_follows_a_real_move(astronaut):
     """MediaPipe-like jitter on a still picture is removed; a real shift of the picture is followed."""
     from live_puppet.tracking import FlowStabilizer
