@@ -89,6 +89,9 @@ class RetargetSettings:
     max_rotation_deg: float = 35.0  # head rotation limit relative to the neutral
     max_scale_change: float = 0.25  # head scale limited to 1 ± this
     max_translation: float = 0.35  # head translation limit, as a fraction of the face box
+    # No point moves further than this by expression, in head sizes (the RMS radius of the rigid
+    # points, about a third of the face's box): d6.mp4's widest-open mouth reaches 0.62.
+    max_expression: float = 1.5
     smoothing_min_cutoff: float = 30.0  # 1€ filter on driver landmarks (Hz); lower = smoother
     expressive_min_cutoff: float = 100.0  # the same for lids, lips, irises and jaw (blinks are fast)
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
@@ -266,7 +269,12 @@ class Retargeter:
         to_portrait = self._p_rotation @ n.rotation.T
         rest = portrait.face.landmarks.astype(np.float64)
         gains = self._gains(portrait)[:, None] * s.expression_gain
-        base = rest + (delta @ to_portrait.T) * size_ratio * gains
+        offsets = (delta @ to_portrait.T) * size_ratio * gains
+        # Far more than any face does means a broken input (a degenerate neutral), which would
+        # otherwise send points far off the canvas.
+        reach = np.linalg.norm(offsets, axis=1, keepdims=True)
+        limit = s.max_expression * self._p_size
+        base = rest + offsets * np.minimum(1.0, limit / np.maximum(reach, 1e-9))
         # Eyes: the driver's lid opening relative to their neutral, applied to the portrait's eye.
         for eye in fm.LID_PAIRS:
             ratio = eye_openness(undone, eye) / max(eye_openness(n.landmarks, eye), 1e-3)

@@ -224,6 +224,26 @@ def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_p
     assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 0.5
 
 
+def test_no_input_sends_the_face_off_the_canvas(astronaut_portrait):
+    """A broken driver face (lips thrown 10,000 px away), or a neutral collapsed to a point, gives
+    a target near the portrait's face, not points far off the canvas (the warp hung on those)."""
+    from live_puppet import face_mesh as fm
+    from live_puppet.render.warp import WarpEngine
+
+    base = astronaut_portrait.face.landmarks.astype(np.float64)
+    thrown = base.copy()
+    thrown[fm.OUTER_LIPS, 1] += 10_000
+    rt = Retargeter(settings())
+    target = drive(rt, astronaut_portrait, [face_from(base)] * 3 + [face_from(thrown)])
+    x0, y0, x1, y1 = astronaut_portrait.face.bbox()
+    reach = np.abs(target.landmarks[:, :2] - base[:, :2]).max()
+    assert reach < max(x1 - x0, y1 - y0)  # within a face size of where it was (not 10,000 px)
+    collapsed = Retargeter(settings(), stored_shape=(np.zeros((478, 3)), 0.5))
+    target = collapsed(face_from(base), astronaut_portrait, 0.0)
+    assert np.isfinite(target.landmarks).all() and np.abs(target.landmarks).max() < 4 * 512
+    assert WarpEngine().render(astronaut_portrait, target).shape == astronaut_portrait.image.shape
+
+
 def test_a_calibration_file_that_is_not_a_face_is_refused_not_animated(astronaut_portrait, tmp_path):
     """A stored shape of zeros used to load and turn the warp's map into NaNs (the run hung)."""
     import json
