@@ -429,8 +429,10 @@ class App:
             say("\nStopping (finishing the recording) ...", file=sys.stderr)
             self.stop_requested.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, on_signal)
+        # SIGHUP: the terminal closed (an SSH session dropped); the recording is finalized too.
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                previous[sig] = signal.signal(sig, on_signal)
         return previous
 
     @staticmethod

@@ -9,6 +9,7 @@ once, in order.
 from __future__ import annotations
 
 import contextlib
+import re
 import queue
 import threading
 import time
@@ -23,6 +24,11 @@ from live_puppet.types import Frame
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # what counts as a video in a folder
+
+
+def natural_order(path: Path) -> list:
+    """Sort key: numbers by value, so frame2.png comes before frame10.png."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
 class Source:
@@ -172,14 +178,15 @@ class VideoFileSource(Source):
 
 
 class ImageFolderSource(Source):
-    """The pictures of a folder, sorted by name, at a nominal `fps`."""
+    """The pictures of a folder, in name order (numbers by value), at a nominal `fps`."""
 
     def __init__(self, folder: Path, fps: float = 30.0, loop: bool = False):
         self.folder = Path(folder)
         self.fps = fps
         self.loop = loop
         self.description = self.folder.name
-        self.paths = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.paths = sorted((p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                            key=natural_order)
         if not self.paths:
             raise UserError(f"The folder '{self.folder}' holds no images (jpg, png, ...); put the "
                             f"driving frames there or pass a video file to --source.")

@@ -38,6 +38,14 @@ def parse_size(text: str, sides: tuple[int, int] = (16, 8192)) -> tuple[int, int
     return w, h
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """The virtual camera's (and the recording's) size: H.264 in 4:2:0 needs even sides."""
+    w, h = parse_size(text)
+    if w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"'{text}': both sides must be even (e.g. {w // 2 * 2}x{h // 2 * 2})")
+    return w, h
+
+
 def canvas_size(text: str) -> tuple[int, int]:
     return parse_size(text, CANVAS_SIDES)
 
@@ -153,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loop", action="store_true", help="start a video file over at its end")
     run.add_argument("--mirror", action="store_true", help="mirror the driver (selfie view)")
     run.add_argument("--no-vcam", dest="vcam", action="store_false", help="no virtual camera")
-    run.add_argument("--vcam-size", type=parse_size, default=(1280, 720),
+    run.add_argument("--vcam-size", type=frame_size, default=(1280, 720),
                      help="virtual camera size (default 1280x720); output is letterboxed into it")
     run.add_argument("--vcam-fps", type=float, default=30.0, help="virtual camera rate (default 30)")
     run.add_argument("--vcam-backend", help="pyvirtualcam backend (default: the first that works)")
@@ -191,16 +199,43 @@ def config_from_args(args) -> "RunConfig":
         calibration=args.calibration, calibration_dir=args.calibration_dir)
 
 
+def check_outputs(config) -> None:
+    """--record and --stats-json: writable, and not one of the inputs (it would be overwritten)."""
+    from live_puppet.errors import writable_file
+    from live_puppet.sinks import RECORD_SUFFIXES
+
+    inputs = {Path(p).expanduser().resolve() for p in (config.portrait, config.source)
+              if not str(p).isdigit()}
+    for path, what, flag in ((config.record, "the recording", "--record"),
+                             (config.stats_json, "the run's statistics", "--stats-json")):
+        if path is None:
+            continue
+        if Path(path).expanduser().resolve() in inputs:
+            raise UserError(f"{flag} '{path}' is one of the inputs and would be overwritten; choose "
+                            f"another file name.")
+        writable_file(path, what, flag)
+    if config.record and Path(config.record).suffix.lower() not in RECORD_SUFFIXES:
+        raise UserError(f"--record '{config.record}': record to a file ending in "
+                        f"{', '.join(sorted(RECORD_SUFFIXES))} (H.264 video).")
+
+
 def cmd_run(args) -> int:
     from live_puppet.app import App
+    from live_puppet.sinks import warn
 
     config = config_from_args(args)
+    check_outputs(config)
     app = App(config)
     try:
         stats = app.run()
     finally:
         if config.stats_json:
             app.stats.write_json(config.stats_json, {"engine": config.engine, "source": config.source})
+    if app.recorder is not None and app.recorder.error is not None:
+        raise UserError(f"The recording '{config.record}' failed ({app.recorder.error}); it may be "
+                        f"incomplete. Check the disk's free space and record again.")
+    if stats.frames_out and not stats.frames_with_face:
+        warn(f"no face was found in any frame of '{config.source}'; the portrait stayed still.")
     summary = stats.summary()
     line = (f"Done: {summary['frames_out']} frames out of {summary['frames_in']} in, "
             f"{summary['frames_dropped']} dropped, {summary['fps']:.1f} fps")

@@ -29,6 +29,11 @@ def read_image(path: Path) -> np.ndarray:
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(white, im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit or float grey
+                grey = np.asarray(im, np.float64)
+                lo, hi = np.percentile(grey, (0.5, 99.5)) if grey.size else (0.0, 1.0)
+                grey = np.clip((grey - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+                im = Image.fromarray(grey)
             rgb = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise UserError(f"'{path}' is not an image that can be read; pass a JPEG or PNG "
@@ -81,7 +86,8 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
                         f"{option}.")
     if face is None:
         raise UserError(f"No face was found in '{path}'; use a portrait where one face is clearly "
-                        f"visible and roughly frontal.")
+                        f"visible and roughly frontal (if it is small in the picture, crop closer "
+                        f"around it).")
     raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across; use a "
                     f"larger image or crop it closer around the face (at least {MIN_FACE_PX} px).")
 

@@ -213,6 +213,7 @@ class ProgressSink(Sink):
         self.bar.close()
 
 
+RECORD_SUFFIXES = {".mp4", ".mkv", ".mov", ".m4v"}  # containers that keep H.264 and its timing
 MS = Fraction(1, 1000)  # the recorder's timestamps are in milliseconds
 
 
@@ -280,9 +281,13 @@ class RecorderSink(Sink):
 
     def close(self) -> None:
         try:
-            self._queue.put(None)
-            self._thread.join()
-            for packet in self.stream.encode(None):
-                self.container.mux(packet)
-        finally:
-            self.container.close()
+            try:
+                self._queue.put(None)
+                self._thread.join()
+                for packet in self.stream.encode(None):
+                    self.container.mux(packet)
+            finally:
+                self.container.close()  # writes the index
+        except Exception as exc:  # disk full, ...: the run reports it
+            self.error = self.error or exc
+            raise

@@ -85,12 +85,12 @@ def test_mirror_flips_frames(tmp_path):
     assert frame.image[:, -5:].min() == 255 and frame.image[:, :5].max() == 0
 
 
-def test_image_folder_in_name_order(tmp_path):
-    for i in (2, 0, 1):
-        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((8, 8, 3), i * 50, np.uint8))
+def test_image_folder_in_name_order_with_numbers_by_value(tmp_path):
+    for i in (2, 0, 10, 1):  # unpadded numbers: f10 comes after f2, not after f1
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((8, 8, 3), i * 20, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
     levels = [int(img.mean()) for img in ImageFolderSource(tmp_path).frames()]
-    assert levels == [0, 50, 100]
+    assert levels == [0, 20, 40, 200]
 
 
 def test_bad_sources_say_what_is_wrong(tmp_path):

@@ -158,6 +158,16 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
                                   "--no-vcam", "--no-preview"), "does not exist")
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(face), "--no-vcam",
                                   "--no-preview"), "is a picture, not a video")
+    copy = tmp_path / "copy.mp4"
+    copy.write_bytes(clip.read_bytes())
+    assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(copy), "--no-vcam",
+                                  "--no-preview", "--record", str(copy)), "would be overwritten")
+    assert copy.read_bytes() == clip.read_bytes()  # the input is untouched
+    assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(clip), "--no-vcam",
+                                  "--no-preview", "--record", str(tmp_path / "o.webm")),
+                          "record to a file ending in")
+    odd = run_cli("--portrait", str(face), "--vcam-size", "321x239")
+    assert odd.returncode == 2 and "both sides must be even" in odd.stderr
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(clip.read_bytes()[:600])  # cut short: no frame can be decoded
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(broken), "--no-vcam",
@@ -177,7 +187,8 @@ def test_feature_gains_reach_the_retargeter():
     assert (settings.brow_gain, settings.eye_gain, settings.mouth_gain) == (1.4, 0.8, 1.0)
 
 
-def test_sigint_mid_run_leaves_a_playable_recording(tmp_path, landmarker_model):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])  # Ctrl-C; the terminal closing
+def test_a_signal_mid_run_leaves_a_playable_recording(sig, tmp_path, landmarker_model):
     portrait = need(PORTRAITS / "mona_lisa.jpg")
     clip = need(DRIVING / "d3.mp4")
     out = tmp_path / "out.mp4"
@@ -189,7 +200,7 @@ def test_sigint_mid_run_leaves_a_playable_recording(tmp_path, landmarker_model):
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr

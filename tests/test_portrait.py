@@ -77,6 +77,16 @@ def test_a_face_lost_by_shrinking_to_the_canvas_points_at_the_canvas(tmp_path, i
         load_portrait(tmp_path / "wall.png", image_tracker, max_side=512)
 
 
+def test_a_16_bit_grey_portrait_is_read_as_a_picture_not_white(tmp_path, image_tracker, astronaut):
+    from PIL import Image
+
+    grey = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "grey16.png")  # mode I;16
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    portrait = load_portrait(tmp_path / "grey16.png", image_tracker)  # was "No face was found"
+    assert 60 < portrait.image.mean() < 200
+
+
 def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):
     cv2.imwrite(str(tmp_path / "b.png"), astronaut)
     cv2.imwrite(str(tmp_path / "a.png"), cv2.flip(astronaut, 1))
