@@ -107,6 +107,26 @@ def test_a_headless_run_shows_how_far_through_the_file_it_is(tmp_path, monkeypat
         assert total in shown.getvalue().splitlines()[-1]
 
 
+def test_a_recording_that_fails_mid_run_is_an_error_not_done(tmp_path, monkeypatch, capsys, astronaut,
+                                                              landmarker_model):
+    """Disk full while recording: exit 2 and a sentence, not 'Done ... recording: out.mp4'."""
+    from live_puppet.sinks import RecorderSink
+
+    def full_disk(self):
+        while self._queue.get() is not None:
+            self.error = OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RecorderSink, "_run", full_disk)
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 12)
+    code = main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--record", str(tmp_path / "out.mp4")])
+    captured = capsys.readouterr()
+    assert code == 2 and "Done:" not in captured.out
+    assert "failed" in captured.err and "No space left on device" in captured.err
+
+
 def test_a_recording_of_a_25_fps_clip_plays_at_25_fps(tmp_path, astronaut, landmarker_model):
     face = tmp_path / "face.png"
     cv2.imwrite(str(face), astronaut)
