@@ -131,12 +131,16 @@ class NeutralPicker:
     """Chooses the neutral from the first `window` frames with a face: the calmest `keep` of them.
 
     Afterwards, for `refine_frames` more frames, a clearly calmer face (by `margin`) replaces it,
-    so a smiling or open-mouthed start does not bend everything after it.
+    so a smiling or open-mouthed start does not bend everything after it; but only one in about
+    the same place and size (within `stay` of the neutral's head size): the neutral is also where
+    the head is at home, and a face passing by (sliding out of the frame, its blendshapes reading
+    low) would move home there, leaving the portrait displaced when the user is back.
     """
 
-    def __init__(self, window: int = 5, keep: int = 3, refine_frames: int = 150, margin: float = 0.25):
+    def __init__(self, window: int = 5, keep: int = 3, refine_frames: int = 150, margin: float = 0.25,
+                 stay: float = 0.5):
         self.window, self.keep = window, keep
-        self.refine_frames, self.margin = refine_frames, margin
+        self.refine_frames, self.margin, self.stay = refine_frames, margin, stay
         self._faces: list[FaceState] = []
         self._seen_after = 0
 
@@ -156,9 +160,13 @@ class NeutralPicker:
         if self._seen_after >= self.refine_frames:
             return None
         self._seen_after += 1
-        if activity(face) < current.activity - self.margin:
-            return Neutral.from_faces([face])
-        return None
+        if activity(face) >= current.activity - self.margin:
+            return None
+        center, size = rigid_frame(face.landmarks)
+        moved = np.linalg.norm((center - current.center)[:2]) / current.size
+        if moved > self.stay or abs(math.log(size / current.size)) > self.stay:
+            return None
+        return Neutral.from_faces([face])
 
 
 def calibration_path(name: str, folder: Path) -> Path:

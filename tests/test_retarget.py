@@ -224,6 +224,24 @@ def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_p
     assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 0.5
 
 
+def test_a_calmer_face_passing_by_does_not_move_the_neutral_home(astronaut_portrait):
+    """Refinement takes a clearly calmer face in the neutral's place, not one sliding out of the
+    frame (on d0 with the face slid 190 px aside, Mona stayed 59 px off after the user was back)."""
+    from live_puppet.calibration import NeutralPicker, rigid_frame
+
+    base = astronaut_portrait.face.landmarks.astype(np.float64)
+    _, size = rigid_frame(base)
+    smiling = {"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9}
+    picker = NeutralPicker(window=3, keep=1)
+    neutral = None
+    for _ in range(3):
+        neutral = picker.offer(face_from(base, blend=smiling), neutral) or neutral
+    aside = base + [3 * size, 0, 0]
+    assert picker.offer(face_from(aside), neutral) is None  # calmer, but elsewhere
+    calmer = picker.offer(face_from(base), neutral)  # calmer, in place
+    assert calmer is not None and calmer.activity < neutral.activity
+
+
 def test_no_input_sends_the_face_off_the_canvas(astronaut_portrait):
     """A broken driver face (lips thrown 10,000 px away), or a neutral collapsed to a point, gives
     a target near the portrait's face, not points far off the canvas (the warp hung on those)."""
