@@ -136,7 +136,8 @@ class App:
                 continue
             self._prepare(portrait)
             return portrait
-        raise errors[0]
+        raise UserError(f"None of the {len(errors)} pictures in '{self.config.portrait}' can be used "
+                        f"(each is listed above); add a portrait with one clear face.")
 
     def _prepare(self, portrait) -> None:
         self.engine.prepare(portrait)

@@ -131,9 +131,14 @@ class Tracker:
             with _quiet_native_stderr():
                 self._landmarker = vision.FaceLandmarker.create_from_options(options)
         except Exception:
+            # Only the copy this tool downloaded may be deleted; a path the user gave is theirs.
+            cached = Path(model_path).resolve() == (user_cache_dir() / MODEL_FILENAME).resolve()
+            todo = ("delete it and run again to download a fresh copy, or pass a good "
+                    "face_landmarker.task to --landmarker-model" if cached else
+                    f"pass MediaPipe's face_landmarker.task to --landmarker-model (or set "
+                    f"${ENV_VAR} to it)")
             raise UserError(f"'{model_path}' could not be loaded as a MediaPipe face landmarker "
-                            f"model; delete it and run again to download a fresh copy, or pass "
-                            f"a good face_landmarker.task to --landmarker-model.") from None
+                            f"model; {todo}.") from None
         self._last_ts = -1
         self._warm = False
 

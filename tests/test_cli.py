@@ -192,6 +192,17 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
     broken.write_bytes(clip.read_bytes()[:600])  # cut short: no frame can be decoded
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(broken), "--no-vcam",
                                   "--no-preview"), "could not be read as a video")
+    not_a_model = run_cli("--portrait", str(face), "--source", str(clip), "--no-vcam", "--no-preview",
+                          "--landmarker-model", str(face))
+    assert_one_clear_line(not_a_model, "could not be loaded as a MediaPipe face landmarker model")
+    assert "delete" not in not_a_model.stderr  # it is the user's own file (here, their photo)
+    bad_gallery = tmp_path / "bad_gallery"
+    bad_gallery.mkdir()
+    (bad_gallery / "a.jpg").write_text("not a picture")
+    cv2.imwrite(str(bad_gallery / "b.png"), np.full((300, 300, 3), 120, np.uint8))
+    all_bad = run_cli("--portrait", str(bad_gallery), "--source", str(clip), "--no-vcam", "--no-preview")
+    assert_one_clear_line(all_bad, "None of the 2 pictures")  # not only the first one's fault
+    assert "a.jpg" in all_bad.stderr and "b.png" in all_bad.stderr
     bad_gain = run_cli("--portrait", str(face), "--feature-gain", "nose=2")
     assert bad_gain.returncode == 2 and "Traceback" not in bad_gain.stderr
     assert "'nose=2' is not FEATURE=GAIN" in bad_gain.stderr.splitlines()[-1]
