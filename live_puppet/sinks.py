@@ -246,7 +246,6 @@ class RecorderSink(Sink):
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.time_base = self.stream.time_base = MS
         self.stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
-        self.frames_written = 0
         self._last_pts = -1
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=8)
@@ -269,7 +268,6 @@ class RecorderSink(Sink):
                 frame.time_base = MS  # (the muxer changes the stream's own on writing the header)
                 for packet in self.stream.encode(frame):
                     self.container.mux(packet)
-                self.frames_written += 1
             except Exception as exc:  # disk full, ...: keep draining, report on close
                 self.error = exc
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from live_puppet.errors import UserError
 
 
-
 def cmd_prepare(args: argparse.Namespace) -> int:
     from live_puppet.training.prepare import prepare_dataset
 
