@@ -91,6 +91,7 @@ def test_missing_corrupt_truncated_and_foreign_checkpoints_are_user_errors(tmp_p
 
     assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "nope.safetensors"),
                                "does not exist")
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path), "is a folder")
     (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage" * 100)
     assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "junk.safetensors"), "corrupt")
     good = save_checkpoint(tmp_path / "good.safetensors", tiny_meta_checkpoint())
@@ -386,3 +387,45 @@ def test_prepare_caches_clips_skips_faceless_ones_and_resumes(tmp_path, monkeypa
 
     counts = prepare_dataset(dataset, out, size=64, max_frames=4)
     assert counts == {"prepared": 0, "resumed": 2, "skipped": 0, "unreadable": 0, "frames": 0}
+
+
+def test_checkpoint_with_nan_weights_is_refused_not_rendered_black(tmp_path):
+    ck = tiny_meta_checkpoint()
+    with torch.no_grad():
+        next(ck.generator.parameters()).view(-1)[0] = float("nan")
+    path = save_checkpoint(tmp_path / "nan.safetensors", ck)
+    assert_one_line_user_error(lambda: load_checkpoint(path), "NaN", "generator.")
+
+
+def test_diverging_training_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path):
+    from live_puppet.training.train import TrainOptions, run_training
+
+    for i in range(2):
+        write_prepared_clip(tmp_path / "data", f"clip{i}", 6, seed=i)
+    run = tmp_path / "run"
+    run_training(TrainOptions(data=tmp_path / "data", out=run, config=TINY, steps=2, batch=1,
+                              save_every=2, sample_every=10, threads=1), echo=lambda *a: None)
+    good = (run / "last.safetensors").read_bytes()
+    message = assert_one_line_user_error(lambda: run_training(TrainOptions(
+        data=tmp_path / "data", out=run, config=TINY, steps=50, batch=1, save_every=1,
+        sample_every=100, threads=1, lr_g=1e30, lr_d=1e30), echo=lambda *a: None), "diverged")
+    assert "still holds step 2" in message
+    assert (run / "last.safetensors").read_bytes() == good  # no NaN model saved over it
+    assert load_checkpoint(run / "last.safetensors").step == 2
+
+
+def test_diverging_finetune_writes_nothing(tmp_path, monkeypatch):
+    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+    real_init = finetune.FineTuner.__init__
+
+    def hot_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = 1e30
+
+    monkeypatch.setattr(finetune.FineTuner, "__init__", hot_init)
+    out = tmp_path / "ft.safetensors"
+    assert_one_line_user_error(lambda: finetune.run_finetune(
+        ck_path, portrait, None, out, steps=50, batch=1, echo=lambda *a: None), "diverged")
+    assert not out.exists() and not list(tmp_path.rglob("*.tmp"))

@@ -111,6 +111,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from safetensors import safe_open
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        hint = " (a `train` run folder keeps it as last.safetensors)" if \
+            (path / "last.safetensors").is_file() else ""
+        raise UserError(f"The checkpoint '{path}' is a folder; pass the .safetensors file "
+                        f"itself{hint}.")
     if not path.is_file():
         raise UserError(f"The checkpoint '{path}' does not exist; pass the path of a .safetensors "
                         f"file written by `live-puppet train` or `live-puppet finetune`.")
@@ -149,10 +154,25 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise _bad(path, f"is damaged or does not match its own config ({type(exc).__name__})") \
             from None
+    broken = first_non_finite(tensors)
+    if broken is not None:
+        raise UserError(f"'{path}' holds NaN or infinite weights ({broken}), so it would render "
+                        f"a blank face: its training diverged or the file is damaged; use an "
+                        f"earlier checkpoint, or train again with lower --lr-g/--lr-d.")
     for m in (ck.generator, ck.embedder, ck.discriminator):
         if m is not None:
             m.eval()
     return ck
+
+
+def first_non_finite(tensors: dict[str, Tensor]) -> str | None:
+    """The name of the first model tensor (optimiser state aside) holding a NaN or infinity."""
+    for name, t in tensors.items():
+        if name.startswith(("optimizer_g.", "optimizer_d.")) or not t.is_floating_point():
+            continue
+        if not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def _has(tensors: dict, prefix: str) -> bool:

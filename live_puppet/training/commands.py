@@ -56,9 +56,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    from live_puppet.cli import non_negative_int as _non_negative, positive_int as _positive
-
     """Add `prepare`, `train` and `finetune` to an argparse subparsers object."""
+    from live_puppet.cli import non_negative_int as _non_negative, positive_float, \
+        positive_int as _positive
+
     p = subparsers.add_parser(
         "prepare", help="cache face crops, landmarks and sketches of a folder of videos",
         description="Turn a folder of talking-head videos (VoxCeleb2's id/video/clip layout or "
@@ -94,8 +95,8 @@ def register(subparsers) -> None:
     t.add_argument("--vgg19", default=None, help="VGG19 ImageNet weights (.pth/.safetensors) "
                                                  "for the content loss")
     t.add_argument("--vggface", default=None, help="VGG-Face weights for the content loss")
-    t.add_argument("--lr-g", type=float, default=None, help="override the paper's 5e-5 (G and E)")
-    t.add_argument("--lr-d", type=float, default=None, help="override the paper's 2e-4 (D)")
+    t.add_argument("--lr-g", type=positive_float, default=None, help="override the paper's 5e-5 (G and E)")
+    t.add_argument("--lr-d", type=positive_float, default=None, help="override the paper's 2e-4 (D)")
     t.add_argument("--d-steps", type=_positive, default=None,
                    help="discriminator updates per generator update (paper: 2)")
     t.add_argument("--holdout", action="append", metavar="CLIP_ID",

@@ -12,6 +12,7 @@ Also here: PSNR of self-reenactment (G(y_t; ψ) against frame t), to measure wha
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,13 @@ import torch
 from torch import Tensor
 
 from live_puppet import sketch
+from live_puppet.capture import IMAGE_SUFFIXES
 from live_puppet.errors import UserError, writable_file
 from live_puppet.model import losses as L
 from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from live_puppet.training.data import image_to_tensor
 from live_puppet.training.train import resolve_device, generator_terms, make_content_loss, \
     set_requires_grad
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass
@@ -202,6 +202,11 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
     try:
         for _ in bar:
             row = tuner.step(batch)
+            if not all(math.isfinite(v) for v in row.values()):
+                bar.close()
+                raise UserError(f"Fine-tuning diverged at step {tuner.steps_done} (a loss became "
+                                f"NaN or infinite); nothing was written. Try fewer --steps, or "
+                                f"a checkpoint from earlier in training.")
             bar.set_postfix(rec=f"{row['rec_l1']:.3f}")
     except KeyboardInterrupt:
         bar.close()

@@ -324,9 +324,12 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
     start_time = time.time()
     elapsed_before = (log.rows()[-1]["seconds"] if log.rows() else 0.0) if resumed else 0.0
 
+    saved = [step if resumed else None]  # the step last.safetensors holds
+
     def save(at: int) -> None:
         save_checkpoint(last, learner.checkpoint(at, dataset.clip_ids))
         log.plot()
+        saved[0] = at
 
     if step >= opts.steps:
         echo(f"already at step {step} >= --steps {opts.steps}; nothing to do")
@@ -337,6 +340,12 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
             ep = sampler.sample(opts.batch)
             row, fake = learner.step(ep)
             step += 1
+            if not all(math.isfinite(row[k]) for k in ("g_total", "d_total")):
+                bar.close()
+                kept = (f"{last} still holds step {saved[0]}" if saved[0] is not None
+                        else "no checkpoint was written")
+                raise UserError(f"Training diverged at step {step} (a loss became NaN or "
+                                f"infinite); {kept}. Lower --lr-g/--lr-d and run again.")
             row["step"] = step
             row["seconds"] = elapsed_before + time.time() - start_time
             if step % opts.log_every == 0:
