@@ -17,12 +17,12 @@ import numpy as np
 from live_puppet.calibration import calibration_path, load_shape, save_neutral
 from live_puppet.capture import Capture, open_source
 from live_puppet.config import RunConfig, default_calibration_dir
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, say, warn
 from live_puppet.portrait import Gallery
 from live_puppet.render import create_engine
 from live_puppet.retarget import Retargeter, RetargetSettings
 from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, ProgressSink, RecorderSink,
-                               Sink, VirtualCameraSink, say, warn)
+                               Sink, VirtualCameraSink)
 from live_puppet.stats import Stats
 from live_puppet.tracking import FlowStabilizer, Tracker, resolve_landmarker_model
 
@@ -106,7 +106,7 @@ class App:
                                     neutral_frames=c.neutral_frames,
                                     neutral_keep=min(3, c.neutral_frames),
                                     neutral_refine_frames=c.neutral_refine_frames)
-        if not c.calibration:
+        if c.calibration is None:
             return Retargeter(settings)
         path = calibration_path(c.calibration, c.calibration_dir or default_calibration_dir())
         stored = None

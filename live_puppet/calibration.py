@@ -169,11 +169,16 @@ class NeutralPicker:
         return Neutral.from_faces([face])
 
 
-def calibration_path(name: str, folder: Path) -> Path:
+def check_calibration_name(name: str) -> str:
+    """`name` if it can name a calibration file; else UserError."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or name.startswith("."):
         raise UserError(f"'{name}' is not a usable calibration name; use letters, digits, '-', '_' "
                         f"or '.' (up to 64).")
-    return Path(folder) / f"{name}.json"
+    return name
+
+
+def calibration_path(name: str, folder: Path) -> Path:
+    return Path(folder) / f"{check_calibration_name(name)}.json"
 
 
 def save_neutral(neutral: Neutral, path: Path) -> None:

@@ -19,7 +19,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, warn
 from live_puppet.types import Frame
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -168,11 +168,13 @@ class VideoFileSource(Source):
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                decoded = 0
                 try:
                     for frame in container.decode(stream):
+                        decoded += 1
                         yield frame.to_ndarray(format="bgr24")
-                except av.error.InvalidDataError:
-                    pass  # a damaged tail ends the clip like its end would
+                except av.error.InvalidDataError:  # a damaged tail ends the clip like its end would
+                    warn(f"'{self.path.name}' is damaged after frame {decoded}; the clip ends there.")
             if not self.loop:
                 return
 
@@ -193,11 +195,15 @@ class ImageFolderSource(Source):
         self.length = None if loop else len(self.paths)
 
     def frames(self) -> Iterator[np.ndarray]:
+        unreadable: set[Path] = set()
         while True:
             for path in self.paths:
                 image = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 if image is not None:
                     yield image
+                elif path not in unreadable:
+                    unreadable.add(path)
+                    warn(f"skipped '{path.name}' in the source folder: it is not a readable picture.")
             if not self.loop:
                 return
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ PLUGIN_COMMANDS = ("live_puppet.evaluation_commands", "live_puppet.training.comm
 
 # The output canvas's sides, px: a smaller canvas cannot hold a face MediaPipe finds.
 CANVAS_SIDES = (128, 8192)
+MAX_FPS = 240  # the fastest --vcam-fps
 
 
 def parse_size(text: str, sides: tuple[int, int] = (16, 8192)) -> tuple[int, int]:
@@ -64,6 +66,25 @@ def _whole_number(text: str, minimum: int) -> int:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (a rate, a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def frame_rate(text: str) -> float:
+    value = positive_float(text)
+    if not 1 <= value <= MAX_FPS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_FPS} frames per second, "
+                                         f"got {text}")
     return value
 
 
@@ -127,6 +148,15 @@ def gain_value(text: str) -> float:
     return gain
 
 
+def calibration_name(text: str) -> str:
+    from live_puppet.calibration import check_calibration_name
+
+    try:
+        return check_calibration_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def feature_gain(text: str) -> tuple[str, float]:
     """"brow=1.3" -> ("brow", 1.3)."""
     name, _, value = text.partition("=")
@@ -163,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-vcam", dest="vcam", action="store_false", help="no virtual camera")
     run.add_argument("--vcam-size", type=frame_size, default=(1280, 720),
                      help="virtual camera size (default 1280x720); output is letterboxed into it")
-    run.add_argument("--vcam-fps", type=float, default=30.0, help="virtual camera rate (default 30)")
+    run.add_argument("--vcam-fps", type=frame_rate, default=30.0, help="virtual camera rate (default 30)")
     run.add_argument("--vcam-backend", help="pyvirtualcam backend (default: the first that works)")
     run.add_argument("--no-preview", dest="preview", action="store_false",
                      help="no preview window (headless)")
@@ -171,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stats-json", type=Path, help="write frame counts, fps and latencies here at exit")
     run.add_argument("--max-frames", type=positive_int, help="stop after this many output frames")
     run.add_argument("--show-landmarks", action="store_true", help="start with the landmark overlay on")
-    run.add_argument("--calibration", metavar="NAME",
+    run.add_argument("--calibration", metavar="NAME", type=calibration_name,
                      help="reuse your saved neutral face NAME from calibration/ (made on first use, "
                           "updated by hotkey c)")
     run.add_argument("--calibration-dir", type=Path,
@@ -221,7 +251,7 @@ def check_outputs(config) -> None:
 
 def cmd_run(args) -> int:
     from live_puppet.app import App
-    from live_puppet.sinks import warn
+    from live_puppet.errors import warn
 
     config = config_from_args(args)
     check_outputs(config)
@@ -237,7 +267,8 @@ def cmd_run(args) -> int:
     if stats.frames_out and not stats.frames_with_face:
         warn(f"no face was found in any frame of '{config.source}'; the portrait stayed still.")
     summary = stats.summary()
-    line = (f"Done: {summary['frames_out']} frames out of {summary['frames_in']} in, "
+    out = summary["frames_out"]
+    line = (f"Done: {out} frame{'' if out == 1 else 's'} out of {summary['frames_in']} in, "
             f"{summary['frames_dropped']} dropped, {summary['fps']:.1f} fps")
     if config.record:
         line += f"; recording: {config.record}"

@@ -1,4 +1,7 @@
-"""The one error type the user sees: a sentence saying what is wrong and what to do."""
+"""The one error type the user sees: a sentence saying what is wrong and what to do; and the
+lines (notes, warnings) printed while the program goes on."""
+
+import sys
 
 
 class UserError(Exception):
@@ -10,6 +13,19 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def say(message: str, file=None) -> None:
+    """Print a line (stdout by default) without breaking a progress bar being drawn."""
+    from tqdm import tqdm
+
+    file = file or sys.stdout
+    tqdm.write(message, file=file)
+    file.flush()
+
+
+def warn(message: str) -> None:
+    say(f"live-puppet: {message}", file=sys.stderr)
 
 
 def writable_file(path, what: str, flag: str):

@@ -7,10 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from live_puppet.capture import IMAGE_SUFFIXES
 from live_puppet.errors import UserError
 from live_puppet.types import Portrait
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 MIN_FACE_PX = 48  # a face smaller than this (landmark box, canvas pixels) cannot be animated well
 
 

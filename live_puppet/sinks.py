@@ -23,19 +23,6 @@ from live_puppet.errors import UserError
 from live_puppet.types import FaceState, Target
 
 
-def say(message: str, file=None) -> None:
-    """Print a line (stdout by default) without breaking a progress bar being drawn."""
-    from tqdm import tqdm
-
-    file = file or sys.stdout
-    tqdm.write(message, file=file)
-    file.flush()
-
-
-def warn(message: str) -> None:
-    say(f"live-puppet: {message}", file=sys.stderr)
-
-
 class Letterbox:
     """Fits pictures of one size into another without distortion (black bars)."""
 

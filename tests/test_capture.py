@@ -93,6 +93,27 @@ def test_image_folder_in_name_order_with_numbers_by_value(tmp_path):
     assert levels == [0, 20, 40, 200]
 
 
+def test_an_unreadable_picture_in_a_frame_folder_is_named_once(tmp_path, capsys):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((8, 8, 3), 100, np.uint8))
+    (tmp_path / "f1.png").write_text("not a picture")
+    frames = list(ImageFolderSource(tmp_path).frames())
+    assert len(frames) == 2
+    assert capsys.readouterr().err.count("skipped 'f1.png'") == 1
+
+
+def test_a_clip_damaged_half_way_says_where_it_ends(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = write_video(tmp_path / "clip.mp4", [rng.integers(0, 255, (128, 128, 3), np.uint8)
+                                               for _ in range(50)])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)  # a damaged stretch of frames
+    path.write_bytes(bytes(data))
+    frames = list(VideoFileSource(path).frames())
+    assert 0 < len(frames) < 50
+    assert f"damaged after frame {len(frames)}" in capsys.readouterr().err
+
+
 def test_bad_sources_say_what_is_wrong(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         open_source(str(tmp_path / "missing.mp4"))

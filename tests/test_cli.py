@@ -188,6 +188,11 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
                           "record to a file ending in")
     odd = run_cli("--portrait", str(face), "--vcam-size", "321x239")
     assert odd.returncode == 2 and "both sides must be even" in odd.stderr
+    for option, value, says in (("--calibration", "", "not a usable calibration name"),
+                                ("--vcam-fps", "500", "between 1 and 240"),
+                                ("--vcam-fps", "nan", "above 0")):
+        refused = run_cli("--portrait", str(face), option, value)
+        assert refused.returncode == 2 and says in refused.stderr.splitlines()[-1], refused.stderr
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(clip.read_bytes()[:600])  # cut short: no frame can be decoded
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(broken), "--no-vcam",
