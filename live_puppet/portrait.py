@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -9,9 +10,10 @@ import numpy as np
 
 from live_puppet.capture import IMAGE_SUFFIXES
 from live_puppet.errors import UserError
-from live_puppet.types import Portrait
+from live_puppet.types import FaceState, Portrait
 
 MIN_FACE_PX = 48  # a face smaller than this (landmark box, canvas pixels) cannot be animated well
+MIN_WINDOW_PX = 128  # the smallest window a picture is searched in for a small face
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -66,18 +68,65 @@ def fit_canvas(image: np.ndarray, size: tuple[int, int] | None, max_side: int) -
     return canvas
 
 
+def _shifted(face: FaceState, dx: int, dy: int, image_size: tuple[int, int]) -> FaceState:
+    landmarks = face.landmarks.copy()
+    landmarks[:, 0] += dx
+    landmarks[:, 1] += dy
+    return replace(face, landmarks=landmarks, image_size=image_size)
+
+
+def _window_starts(length: int, side: int) -> list[int]:
+    starts = list(range(0, length - side + 1, side // 2))
+    return starts if starts[-1] == length - side else starts + [length - side]
+
+
+def find_face(tracker, image: np.ndarray) -> FaceState | None:
+    """The largest face in a picture (tracker in image mode), small ones too.
+
+    MediaPipe's face detector sees the whole picture shrunk to 128 px, so a face of a tenth of a
+    wide picture's width is not found at all. Then the picture is searched in overlapping square
+    windows, of half and of a quarter of its short side, and the face found is measured again in
+    a window fitted around it.
+    """
+    face = tracker.track(image)
+    if face is not None:
+        return face
+    h, w = image.shape[:2]
+    size = (w, h)
+    for side in (min(h, w) // 2, min(h, w) // 4):
+        if side < MIN_WINDOW_PX:
+            break
+        found = []
+        for y0 in _window_starts(h, side):
+            for x0 in _window_starts(w, side):
+                f = tracker.track(image[y0:y0 + side, x0:x0 + side])
+                if f is not None:
+                    found.append(_shifted(f, x0, y0, size))
+        if found:
+            best = max(found, key=lambda f: f.face_size())
+            x0, y0, x1, y1 = best.bbox()
+            half = min(max(x1 - x0, y1 - y0) * 1.5, min(h, w) / 2)
+            cx = min(max((x0 + x1) / 2, half), w - half)
+            cy = min(max((y0 + y1) / 2, half), h - half)
+            left, top = int(round(cx - half)), int(round(cy - half))
+            side = int(round(2 * half))
+            refined = tracker.track(image[top:top + side, left:left + side])
+            return _shifted(refined, left, top, size) if refined is not None else best
+    return None
+
+
 def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
                   max_side: int = 1024) -> Portrait:
     """Read a portrait, fit it to the canvas and find its largest face (tracker in image mode)."""
     path = Path(path)
     original = read_image(path)
     image = fit_canvas(original, size, max_side)
-    face = tracker.track(image)
+    face = find_face(tracker, image)
     if face is not None and face.face_size() >= MIN_FACE_PX:
         return Portrait(name=path.stem, path=path, image=image, face=face)
     # Lost, or made too small, by shrinking the picture to the canvas? Then a bigger canvas helps.
     scale = canvas_scale(original, size, max_side)
-    full = tracker.track(original) if scale < 1.0 else None
+    full = find_face(tracker, original) if scale < 1.0 else None
     if full is not None and full.face_size() * scale < MIN_FACE_PX <= full.face_size():
         option = "--size" if size is not None else "--max-side"
         raise UserError(f"The face in '{path}' is {full.face_size():.0f} pixels across, but only "

@@ -67,6 +67,22 @@ def test_no_face_and_tiny_face(tmp_path, image_tracker, astronaut):
         load_portrait(tmp_path / "tiny.png", image_tracker)
 
 
+def test_a_small_face_in_a_wide_picture_is_found_where_it_is(tmp_path, image_tracker, astronaut):
+    """MediaPipe alone misses a face a fifteenth of the picture wide; the window search finds it."""
+    alone = load_portrait(_saved(tmp_path / "alone.png", astronaut), image_tracker).face
+    scene = np.full((512, 1024, 3), 170, np.uint8)
+    scene[150:470, 640:960] = cv2.resize(astronaut, (320, 320), interpolation=cv2.INTER_AREA)
+    face = load_portrait(_saved(tmp_path / "scene.png", scene), image_tracker).face
+    expected = alone.xy * 0.625 + (640, 150)  # where the astronaut's landmarks are in the scene
+    assert np.median(np.linalg.norm(face.xy - expected, axis=1)) < 3.0
+    assert face.image_size == (1024, 512)
+
+
+def _saved(path, image):
+    cv2.imwrite(str(path), image)
+    return path
+
+
 def test_a_face_lost_by_shrinking_to_the_canvas_points_at_the_canvas(tmp_path, image_tracker, astronaut):
     cv2.imwrite(str(tmp_path / "face.png"), astronaut)
     assert load_portrait(tmp_path / "face.png", image_tracker).face is not None
