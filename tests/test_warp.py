@@ -67,6 +67,57 @@ def test_the_teeth_are_a_band_under_the_upper_lip_not_a_share_of_the_opening(ast
     assert parted > dropped + 30
 
 
+@pytest.fixture(scope="module")
+def mona_portrait(image_tracker):
+    from conftest import PORTRAITS, need
+    from live_puppet.portrait import load_portrait
+
+    return load_portrait(need(PORTRAITS / "mona_lisa.jpg"), image_tracker)
+
+
+def _drop_lower_lip(portrait, drop):
+    lms = portrait.face.landmarks.copy()
+    lower = [14, 87, 178, 88, 95, 317, 402, 318, 324, 17, 84, 314, 181, 405, 91, 321, 152, 148, 377]
+    lms[lower, 1] += drop
+    return lms
+
+
+def test_a_photo_smiling_with_its_teeth_keeps_them_as_the_mouth_opens(astronaut_portrait):
+    """Eileen Collins smiles showing her teeth. Driven to open a little more (half her own gap
+    again, as in d0.mp4's broad smiles), her teeth must stay, not turn into a painted dark band;
+    opened wide, the middle of the opening is dark and her upper teeth stay under the lip."""
+    p = astronaut_portrait
+    engine = create_engine("warp")
+    top, bottom = p.face.xy[fm.UPPER_INNER_LIP], p.face.xy[fm.LOWER_INNER_LIP]
+    gap = np.linalg.norm(bottom - top)
+    teeth = p.image[int(top[1]) + 2:int(bottom[1]) - 1, int(top[0]) - 3:int(top[0]) + 4].mean()
+    assert teeth > 150  # the photo's teeth are bright
+
+    def along_the_gap(drop, share):
+        lms = _drop_lower_lip(p, drop)
+        out = engine.render(p, target_for(p, lms))
+        t, b = lms[fm.UPPER_INNER_LIP, :2], lms[fm.LOWER_INNER_LIP, :2]
+        x, y = (t + share * (b - t)).astype(int)
+        return out[y - 1:y + 2, x - 1:x + 2].mean()
+
+    assert along_the_gap(0.5 * gap, 0.5) > teeth - 40  # a little wider: still her teeth
+    assert along_the_gap(3 * gap, 0.5) < 80  # wide open: dark between the rows
+    assert along_the_gap(3 * gap, 0.03) > 150  # ... with her upper teeth under the lip
+
+
+def test_a_closed_painted_mouth_opens_onto_a_cavity_with_a_teeth_hint(mona_portrait):
+    p = mona_portrait
+    engine = create_engine("warp")
+    width = np.linalg.norm(p.face.xy[fm.MOUTH_CORNERS[0]] - p.face.xy[fm.MOUTH_CORNERS[1]])
+    lms = _drop_lower_lip(p, 0.4 * width)
+    out = engine.render(p, target_for(p, lms))
+    t, b = lms[fm.UPPER_INNER_LIP, :2], lms[fm.LOWER_INNER_LIP, :2]
+    sample = lambda share: out[tuple(np.round(t + share * (b - t)).astype(int)[::-1])].mean()  # noqa: E731
+    lips = p.image[tuple(np.round(p.face.xy[fm.UPPER_INNER_LIP]).astype(int)[::-1])].mean()
+    assert sample(0.7) < lips * 0.6  # a dark cavity, not her lips stretched
+    assert sample(0.12) > sample(0.7) + 30  # the upper teeth's hint under the lip
+
+
 def test_an_opening_jaw_does_not_crush_the_skin_under_the_chin(astronaut_portrait):
     # The chin drops further than the gap to the ring that holds the neck still: the ring must
     # give way, or the skin under the chin is crushed to a sliver (Mona Lisa driven by d6.mp4

@@ -597,6 +597,13 @@ def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
 
 MOUTH_OPEN_START = 0.04  # extra opening (gap / mouth width beyond the portrait's) where the cavity starts
 MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
+# A portrait whose lips are this far apart (gap / mouth width) shows its own teeth or interior;
+# the warp stretches that, which looks right until the opening is OWN_OPEN_START times the
+# portrait's (fully dark OWN_OPEN_RAMP times further). Then only the middle of the opening gets
+# the dark cavity; the portrait's own teeth stay along the lips.
+OWN_INTERIOR = 0.08
+OWN_OPEN_START = 1.8
+OWN_OPEN_RAMP = 0.5
 
 
 TEETH_STRENGTH = 0.85  # opacity of the teeth hint in an open mouth
@@ -663,10 +670,14 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     """Fill the target mouth opening (beyond the portrait's own) with a cavity and teeth hint."""
     width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
     gap = np.linalg.norm(xy[fm.UPPER_INNER_LIP] - xy[fm.LOWER_INNER_LIP])
-    extra = gap / width - style.rest_opening
-    if extra <= MOUTH_OPEN_START:
-        return  # parted lips: the warped lips themselves look right
-    strength = float(np.clip((extra - MOUTH_OPEN_START) / MOUTH_OPEN_RAMP, 0, 1))
+    own = style.rest_opening >= OWN_INTERIOR
+    if own:
+        strength = (gap / width / style.rest_opening - OWN_OPEN_START) / OWN_OPEN_RAMP
+    else:
+        strength = (gap / width - style.rest_opening - MOUTH_OPEN_START) / MOUTH_OPEN_RAMP
+    if strength <= 0:
+        return  # parted lips, or the portrait's own interior stretched: the warp looks right
+    strength = min(float(strength), 1.0)
     poly = xy[fm.INNER_LIPS]
     x0, y0 = np.floor(poly.min(0)).astype(int) - 4
     x1, y1 = np.ceil(poly.max(0)).astype(int) + 5
@@ -698,12 +709,18 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     # Teeth: a band of fixed height under the upper lip (and a thinner, fainter one over the lower),
     # fading towards the corners, where the cavity is darkest. Lips just parted show teeth across
     # the whole gap; the dark cavity appears between the rows as the jaw drops.
-    rows = np.maximum(np.clip((UPPER_TEETH - below_upper) / TEETH_FADE, 0, 1),
-                      0.5 * np.clip((LOWER_TEETH - above_lower) / TEETH_FADE, 0, 1))
-    teeth_w = rows * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH
     shade = 1.0 - 0.45 * np.clip(u, 0, 1) ** 2
-    colour = (style.cavity[None, None, :] * shade[..., None] * (1 - teeth_w[..., None])
-              + style.teeth * teeth_w[..., None])
+    if own:  # the portrait's teeth, stretched, along the lips; the cavity between them
+        keep = style.rest_opening / 2
+        mask = mask * np.clip((below_upper - keep) / TEETH_FADE, 0, 1) \
+            * np.clip((above_lower - keep) / TEETH_FADE, 0, 1)
+        colour = style.cavity[None, None, :] * shade[..., None]
+    else:
+        rows = np.maximum(np.clip((UPPER_TEETH - below_upper) / TEETH_FADE, 0, 1),
+                          0.5 * np.clip((LOWER_TEETH - above_lower) / TEETH_FADE, 0, 1))
+        teeth_w = rows * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH
+        colour = (style.cavity[None, None, :] * shade[..., None] * (1 - teeth_w[..., None])
+                  + style.teeth * teeth_w[..., None])
     alpha = (mask * strength)[..., None]
     region = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = (region * (1 - alpha) + colour * alpha).astype(np.uint8)
