@@ -160,6 +160,7 @@ class VideoFileSource(Source):
             raise UserError(f"'{self.path}' could not be read as a video; pass a video file "
                             f"(mp4, mov, avi, mkv, webm ...) to --source.") from None
         self.length = frame_count if frame_count > 0 and not loop else None
+        self._damage_told = False  # the damaged tail is named once, not at every loop
 
     def frames(self) -> Iterator[np.ndarray]:
         import av
@@ -174,7 +175,9 @@ class VideoFileSource(Source):
                         decoded += 1
                         yield frame.to_ndarray(format="bgr24")
                 except av.error.InvalidDataError:  # a damaged tail ends the clip like its end would
-                    warn(f"'{self.path.name}' is damaged after frame {decoded}; the clip ends there.")
+                    if not self._damage_told:
+                        warn(f"'{self.path.name}' is damaged after frame {decoded}; the clip ends there.")
+                        self._damage_told = True
             if not self.loop:
                 return
 

@@ -667,7 +667,8 @@ def _by_x(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
-    """Fill the target mouth opening (beyond the portrait's own) with a cavity and teeth hint."""
+    """Fill the target mouth opening (beyond the portrait's own) with a cavity and teeth hint; a
+    portrait that shows its own teeth keeps them along the lips, with the cavity between."""
     width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
     gap = np.linalg.norm(xy[fm.UPPER_INNER_LIP] - xy[fm.LOWER_INNER_LIP])
     own = style.rest_opening >= OWN_INTERIOR
@@ -706,9 +707,6 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
     below_upper = (px[..., 1] - top) / width  # depth under the upper lip, in mouth widths
     above_lower = (bottom - px[..., 1]) / width
     u = np.abs(px[..., 0]) / (width / 2)
-    # Teeth: a band of fixed height under the upper lip (and a thinner, fainter one over the lower),
-    # fading towards the corners, where the cavity is darkest. Lips just parted show teeth across
-    # the whole gap; the dark cavity appears between the rows as the jaw drops.
     shade = 1.0 - 0.45 * np.clip(u, 0, 1) ** 2
     if own:  # the portrait's teeth, stretched, along the lips; the cavity between them
         keep = style.rest_opening / 2
@@ -716,6 +714,9 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
             * np.clip((above_lower - keep) / TEETH_FADE, 0, 1)
         colour = style.cavity[None, None, :] * shade[..., None]
     else:
+        # Teeth: a band of fixed height under the upper lip (and a thinner, fainter one over the
+        # lower), fading towards the corners, where the cavity is darkest. Lips just parted show
+        # teeth across the whole gap; the dark cavity appears between the rows as the jaw drops.
         rows = np.maximum(np.clip((UPPER_TEETH - below_upper) / TEETH_FADE, 0, 1),
                           0.5 * np.clip((LOWER_TEETH - above_lower) / TEETH_FADE, 0, 1))
         teeth_w = rows * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH
