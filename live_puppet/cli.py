@@ -234,16 +234,11 @@ def check_outputs(config) -> None:
     from live_puppet.errors import writable_file
     from live_puppet.sinks import RECORD_SUFFIXES
 
-    inputs = {Path(p).expanduser().resolve() for p in (config.portrait, config.source)
-              if not str(p).isdigit()}
+    inputs = (config.portrait, config.source, config.checkpoint, config.landmarker_model)
     for path, what, flag in ((config.record, "the recording", "--record"),
                              (config.stats_json, "the run's statistics", "--stats-json")):
-        if path is None:
-            continue
-        if Path(path).expanduser().resolve() in inputs:
-            raise UserError(f"{flag} '{path}' is one of the inputs and would be overwritten; choose "
-                            f"another file name.")
-        writable_file(path, what, flag)
+        if path is not None:
+            writable_file(path, what, flag, inputs)
     if config.record and Path(config.record).suffix.lower() not in RECORD_SUFFIXES:
         raise UserError(f"--record '{config.record}': record to a file ending in "
                         f"{', '.join(sorted(RECORD_SUFFIXES))} (H.264 video).")

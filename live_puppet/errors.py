@@ -28,13 +28,17 @@ def warn(message: str) -> None:
     say(f"live-puppet: {message}", file=sys.stderr)
 
 
-def writable_file(path, what: str, flag: str):
-    """`path` as a Path, checked before any work is done: it is not a folder and its folder
+def writable_file(path, what: str, flag: str, inputs=()):
+    """`path` as a Path, checked before any work is done: it is not a folder, not one of the
+    command's `inputs` (files; a folder stands for the pictures and clips in it), and its folder
     exists and can be written. `what` names it for the user ("the fine-tuned model"), `flag` is
     the option that sets it ("--out")."""
     from pathlib import Path
 
     path = Path(path).expanduser()
+    if _is_input(path, inputs):
+        raise UserError(f"{flag} '{path}' is one of the inputs and would be overwritten; choose "
+                        f"another file name.")
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"{flag} '{path}' is a folder; give a file name for {what} (e.g. "
@@ -44,6 +48,24 @@ def writable_file(path, what: str, flag: str):
                         f"choose another path.")
     _try_writing(folder, what, flag, path)
     return path
+
+
+def _is_input(path, inputs) -> bool:
+    from pathlib import Path
+
+    from live_puppet.capture import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    target = path.resolve()
+    for item in inputs:
+        if item is None or str(item).isdigit():  # unset, or a camera index
+            continue
+        source = Path(item).expanduser().resolve()
+        if target == source:
+            return True
+        if source.is_dir() and target.parent == source and \
+                target.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+            return True
+    return False
 
 
 def writable_folder(path, what: str, flag: str):

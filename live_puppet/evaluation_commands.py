@@ -79,7 +79,9 @@ def eval_handler(args: argparse.Namespace) -> int:
     # Outputs and inputs checked before the first pair: nothing is lost half-way.
     out_dir = writable_folder(args.out, "the contact sheets", "--out")
     if args.json:
-        writable_file(args.json, "the scores", "--json")
+        writable_file(args.json, "the scores", "--json", [*(args.self_clips or []),
+                      *(args.driving or []), *(args.portraits or []), args.checkpoint,
+                      args.landmarker_model])
     options = ev.EvalOptions(
         out_dir=out_dir, frames=args.frames, sheet_columns=args.sheet_frames,
         sheet_every=args.sheet_every, video=args.video, landmarker_model=args.landmarker_model,
@@ -209,7 +211,8 @@ def bench_handler(args: argparse.Namespace) -> int:
     if not args.portrait.is_file():
         raise UserError(f"The portrait '{args.portrait}' does not exist; pass a JPEG or PNG file.")
     if args.json:
-        writable_file(args.json, "the stats", "--json")
+        writable_file(args.json, "the stats", "--json", [args.driving, args.portrait,
+                      args.checkpoint, args.landmarker_model])
     engines = ev.parse_engines(args.engine)
     if args.sizes and args.size:
         raise UserError("Pass either --sizes (long sides) or --size (one canvas), not both.")

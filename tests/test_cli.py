@@ -183,6 +183,15 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(copy), "--no-vcam",
                                   "--no-preview", "--record", str(copy)), "would be overwritten")
     assert copy.read_bytes() == clip.read_bytes()  # the input is untouched
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"a trained model")
+    assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(clip), "--no-vcam",
+                                  "--no-preview", "--engine", "neural", "--checkpoint", str(model),
+                                  "--stats-json", str(model)), "would be overwritten")
+    for command in (["eval", "--self", str(copy), "--frames", "3", "--json", str(copy)],
+                    ["bench", "--driving", str(copy), "--portrait", str(face), "--json", str(face)]):
+        assert_one_clear_line(run_command(*command), "would be overwritten")
+    assert model.read_bytes() == b"a trained model" and copy.read_bytes() == clip.read_bytes()
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(clip), "--no-vcam",
                                   "--no-preview", "--record", str(tmp_path / "o.webm")),
                           "record to a file ending in")

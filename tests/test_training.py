@@ -115,7 +115,7 @@ def test_bad_checkpoint_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys)
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     (tmp_path / "face.png").write_bytes(b"")
     code = cli.main(["finetune", "--checkpoint", str(tmp_path / "junk.safetensors"),
-                     "--portrait", str(tmp_path / "face.png"), "--out", str(tmp_path / "o.st")])
+                     "--portrait", str(tmp_path / "face.png"), "--out", str(tmp_path / "o.safetensors")])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "junk.safetensors" in err
@@ -429,3 +429,85 @@ def test_diverging_finetune_writes_nothing(tmp_path, monkeypatch):
     assert_one_line_user_error(lambda: finetune.run_finetune(
         ck_path, portrait, None, out, steps=50, batch=1, echo=lambda *a: None), "diverged")
     assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_finetune_never_writes_over_its_inputs_or_a_finished_model(tmp_path, monkeypatch):
+    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+    meta = ck_path.read_bytes()
+    for out, needle in ((ck_path, "one of the inputs"), (portrait, "one of the inputs"),
+                        (tmp_path / "mona.jpg", "ending in .safetensors")):
+        assert_one_line_user_error(lambda: finetune.run_finetune(
+            ck_path, portrait, None, out, steps=1, batch=1, echo=lambda *a: None), needle)
+    assert ck_path.read_bytes() == meta
+    # A finished model from an earlier run survives a Ctrl-C in the next one.
+    out = tmp_path / "ft.safetensors"
+    finetune.run_finetune(ck_path, portrait, None, out, steps=1, batch=1, echo=lambda *a: None)
+    finished = out.read_bytes()
+    real_step = finetune.FineTuner.step
+
+    def step_then_interrupt(self, batch=4):
+        if self.steps_done == 1:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(finetune.FineTuner, "step", step_then_interrupt)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        finetune.run_finetune(ck_path, portrait, None, out, steps=5, batch=1, echo=lines.append)
+    assert out.read_bytes() == finished
+    partial = tmp_path / "ft.partial.safetensors"
+    assert load_checkpoint(partial).extra["interrupted_at_step"] == 1
+    assert any(str(partial) in line and "is kept" in line for line in lines)
+
+
+def test_an_error_mid_training_keeps_the_steps_done(tmp_path, monkeypatch):
+    from live_puppet.training.train import TrainOptions, run_training
+
+    for i in range(2):
+        write_prepared_clip(tmp_path / "data", f"clip{i}", 6, seed=i)
+    real_sample = EpisodeSampler.sample
+    calls = []
+
+    def sample_until_a_frame_is_gone(self, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            raise UserError("A prepared frame is missing; run prepare again.")
+        return real_sample(self, batch)
+
+    monkeypatch.setattr(EpisodeSampler, "sample", sample_until_a_frame_is_gone)
+    run = tmp_path / "run"
+    lines = []
+    with pytest.raises(UserError, match="missing"):
+        run_training(TrainOptions(data=tmp_path / "data", out=run, config=TINY, steps=10, batch=1,
+                                  save_every=100, sample_every=100, threads=1), echo=lines.append)
+    assert load_checkpoint(run / "last.safetensors").step == 3  # not lost (save_every was 100)
+    assert any("saved step 3" in line for line in lines)
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+
+    def save_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # pressed while the file is being written
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_with_ctrl_c)
+    path = tmp_path / "ck.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, tiny_meta_checkpoint())
+    assert load_checkpoint(path).step == 7  # complete, then the interrupt
+    assert not list(tmp_path.glob("*.tmp"))
+
+    def interrupted(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt  # e.g. a second, forced interrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "other.safetensors", tiny_meta_checkpoint())
+    assert not list(tmp_path.glob("*.tmp"))

@@ -13,9 +13,13 @@ P·ê).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,20 +89,50 @@ def save_checkpoint(path: str | os.PathLike, ck: Checkpoint) -> Path:
 
     tmp = path.with_name(path.name + ".tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with interrupt_deferred():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata=meta)
+            os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        _remove(tmp)
         reason = getattr(exc, "strerror", None) or str(exc)
         if path.is_dir():
             reason = "it is a folder"
         raise UserError(f"Could not write the checkpoint '{path}' ({reason}); choose a file path "
                         f"in a folder you can write.") from None
+    except BaseException:
+        _remove(tmp)
+        raise
     return path
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+@contextlib.contextmanager
+def interrupt_deferred():
+    """Ctrl-C while a checkpoint is written takes effect once it is complete (a half-written
+    checkpoint would be lost work), and says so at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+
+    def hold(signum, frame):
+        pressed.append(signum)
+        print("live-puppet: finishing writing the checkpoint first ...", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _bad(path: Path, what: str) -> UserError:

@@ -182,7 +182,12 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
 
     if steps < 0:
         raise UserError("--steps must be 0 or more.")
-    out = writable_file(out, "the fine-tuned model", "--out")
+    out = writable_file(out, "the fine-tuned model", "--out", [checkpoint, portrait, shots_dir])
+    if out.suffix.lower() != ".safetensors":
+        raise UserError(f"--out '{out}': the fine-tuned model is a safetensors file; give a name "
+                        f"ending in .safetensors.")
+    # Ctrl-C saves the model so far; it must not replace a finished model from an earlier run.
+    partial = out.with_name(out.stem + ".partial.safetensors") if out.exists() else out
     device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
@@ -211,9 +216,10 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
     except KeyboardInterrupt:
         bar.close()
         extra["interrupted_at_step"] = tuner.steps_done
-        save_checkpoint(out, tuner.result(ck, extra))
+        save_checkpoint(partial, tuner.result(ck, extra))
+        kept = f" ({out} from before is kept)" if partial != out else ""
         echo(f"interrupted: saved the model fine-tuned for {tuner.steps_done} of {steps} steps "
-             f"to {out}")
+             f"to {partial}{kept}")
         raise
     bar.close()
     after = self_reenactment_psnr(tuner.G, tuner.psi, tuner.images, tuner.sketches)

@@ -260,6 +260,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+class Diverged(UserError):
+    """A loss became NaN or infinite: the model is no longer worth saving."""
+
+
 def run_training(opts: TrainOptions, echo=print) -> Path:
     """Train (or resume) into opts.out; returns the path of the last checkpoint."""
     from tqdm import tqdm
@@ -341,11 +345,10 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
             row, fake = learner.step(ep)
             step += 1
             if not all(math.isfinite(row[k]) for k in ("g_total", "d_total")):
-                bar.close()
                 kept = (f"{last} still holds step {saved[0]}" if saved[0] is not None
                         else "no checkpoint was written")
-                raise UserError(f"Training diverged at step {step} (a loss became NaN or "
-                                f"infinite); {kept}. Lower --lr-g/--lr-d and run again.")
+                raise Diverged(f"Training diverged at step {step} (a loss became NaN or "
+                               f"infinite); {kept}. Lower --lr-g/--lr-d and run again.")
             row["step"] = step
             row["seconds"] = elapsed_before + time.time() - start_time
             if step % opts.log_every == 0:
@@ -362,6 +365,15 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
         bar.close()
         save(step)
         echo(f"interrupted: saved step {step} to {last}")
+        raise
+    except Diverged:
+        bar.close()
+        raise
+    except Exception:  # e.g. a prepared frame gone: keep the steps done since the last save
+        bar.close()
+        if step != saved[0]:
+            save(step)
+            echo(f"stopped by an error: saved step {step} to {last}")
         raise
     bar.close()
     save(step)
