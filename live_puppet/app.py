@@ -71,6 +71,7 @@ class App:
         self.config = config
         self.stats = Stats()
         self.stop_requested = threading.Event()
+        self.interrupted = False  # stopped by Ctrl-C (or SIGTERM/SIGHUP), not by the source's end
         self.sinks: list[Sink] = list(extra_sinks or [])
         self.recorder: RecorderSink | None = None
         self.vcam: VirtualCameraSink | None = None
@@ -427,7 +428,9 @@ class App:
                 raise KeyboardInterrupt
             if self.stop_requested.is_set():  # a second Ctrl-C: stop at once (files still closed)
                 raise KeyboardInterrupt
-            say("\nStopping (finishing the recording) ...", file=sys.stderr)
+            say("\nStopping (finishing the recording) ..." if self.config.record else "\nStopping ...",
+                file=sys.stderr)
+            self.interrupted = True
             self.stop_requested.set()
 
         # SIGHUP: the terminal closed (an SSH session dropped); the recording is finalized too.

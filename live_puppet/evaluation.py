@@ -749,7 +749,10 @@ def run_eval_task(task: EvalTask, options: EvalOptions) -> PairResult:
             portrait = Path(tmp) / f"{clip.path.stem}_frame0.png"
             cv2.imwrite(str(portrait), clip.first_frame)
         config = eval_config(task, portrait, clip, options, max_frames=last + 1)
-        App(config, extra_sinks=[sink]).run()  # the app closes the sink (and its tracker)
+        app = App(config, extra_sinks=[sink])
+        app.run()  # the app closes the sink (and its tracker)
+    if app.interrupted:
+        raise KeyboardInterrupt
     if sink.error is not None:
         raise RuntimeError(f"evaluating {task.name} failed: {sink.error}") from sink.error
     if len(sink.records) < last:
@@ -859,6 +862,13 @@ def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
 
     for clip in dict.fromkeys(t.driving for t in tasks):
         probe_clip(clip)
+    if any(t.engine == "neural" for t in tasks):
+        from live_puppet.training.checkpoint import load_checkpoint
+
+        if options.checkpoint is None:
+            raise UserError("The neural engine needs a trained model; pass --checkpoint PATH (a "
+                            "safetensors file from `live-puppet train` or `finetune`).")
+        load_checkpoint(options.checkpoint)
     portraits = list(dict.fromkeys(t.portrait for t in tasks if t.portrait is not None))
     if portraits:
         with Tracker(resolve_landmarker_model(options.landmarker_model), mode="image", num_faces=4) as tracker:
@@ -869,12 +879,17 @@ def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
 def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,
              progress: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate every task in turn."""
-    results = []
+    results: list[PairResult] = []
+    report = EvalReport(mode=tasks[0].mode if tasks else "self", frames=options.frames, results=results)
     for i, task in enumerate(tasks, 1):
         if progress:
             progress(f"[{i}/{len(tasks)}] {task.name} engine={task.engine} ...")
-        results.append(run_eval_task(task, options))
-    return EvalReport(mode=tasks[0].mode if tasks else "self", frames=options.frames, results=results)
+        try:
+            results.append(run_eval_task(task, options))
+        except (KeyboardInterrupt, UserError) as exc:
+            exc.partial_report = report  # the pairs scored so far are kept by the caller
+            raise
+    return report
 
 
 # ----------------------------------------------------------------------------------------------

@@ -89,15 +89,32 @@ def eval_handler(args: argparse.Namespace) -> int:
         size=args.size, max_side=args.max_side, expression_gain=args.expression_gain,
         feature_gains=dict(args.feature_gains))
     ev.check_inputs(tasks, options)
-    report = ev.run_eval(tasks, options, progress=_progress)
+    try:
+        report = ev.run_eval(tasks, options, progress=_progress)
+    except (KeyboardInterrupt, UserError) as exc:
+        partial = getattr(exc, "partial_report", None)
+        if partial is None or not partial.results:
+            raise
+        _print_report(partial, args)  # the pairs finished before the stop are not lost
+        print(f"live-puppet: only {len(partial.results)} of {len(tasks)} pairs were scored.",
+              file=sys.stderr, flush=True)
+        raise
+    _print_report(report, args)
+    return 0
+
+
+def _print_report(report, args: argparse.Namespace) -> None:
+    from live_puppet import evaluation as ev
+
     print(report.table(), flush=True)
-    print(f"Frames scored: 1..{args.frames or 'end'} of each clip; PSNR capped at "
+    scored = f"1..{args.frames} of each clip (to its end if shorter)" if args.frames else \
+        "all but the first of each clip"
+    print(f"Frames scored: {scored}; PSNR capped at "
           f"{ev.PSNR_CAP_DB:g} dB; jitter in thousandths of a face size per frame^2.")
     print(f"Contact sheets{' and videos' if args.video else ''}: {args.out}/")
     if args.json:
         _write_json(args.json, report.to_json())
         print(f"Scores: {args.json}")
-    return 0
 
 
 def _resolved(path: Path | None) -> str | None:

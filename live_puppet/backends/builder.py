@@ -98,11 +98,9 @@ class PortraitEngineBuilder:
                  engine_dir: str | os.PathLike | None = None,
                  announce: Callable[[str], None] | None = print, progress: bool = True,
                  **backend_options):
-        self.checkpoint_path = Path(checkpoint).expanduser()
-        if not self.checkpoint_path.is_file():
-            raise UserError(f"The checkpoint '{self.checkpoint_path}' does not exist; pass the "
-                            f"path of a .safetensors file written by `live-puppet train` or "
-                            f"`live-puppet finetune`.")
+        from live_puppet.training.checkpoint import checkpoint_file
+
+        self.checkpoint_path = checkpoint_file(checkpoint)
         self.backend_name = resolve_backend(backend, announce=announce)
         self.backend = create_backend(self.backend_name, **backend_options)
         self.cache = EngineCache(engine_dir if engine_dir is not None else default_engine_dir())

@@ -140,10 +140,8 @@ def _bad(path: Path, what: str) -> UserError:
                      f"`live-puppet finetune`.")
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint; a missing, corrupt, truncated or foreign file raises UserError."""
-    from safetensors import safe_open
-
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path if it is a file; a folder or a missing path raises UserError."""
     path = Path(path).expanduser()
     if path.is_dir():
         hint = " (a `train` run folder keeps it as last.safetensors)" if \
@@ -153,6 +151,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise UserError(f"The checkpoint '{path}' does not exist; pass the path of a .safetensors "
                         f"file written by `live-puppet train` or `live-puppet finetune`.")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint; a missing, corrupt, truncated or foreign file raises UserError."""
+    from safetensors import safe_open
+
+    path = checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
