@@ -386,7 +386,11 @@ def test_prepare_caches_clips_skips_faceless_ones_and_resumes(tmp_path, monkeypa
     from live_puppet.training.prepare import prepare_dataset
 
     counts = prepare_dataset(dataset, out, size=64, max_frames=4)
-    assert counts == {"prepared": 0, "resumed": 2, "skipped": 0, "unreadable": 0, "frames": 0}
+    # The face-less clip stays a skip (it was counted as done, so a failed run turned to success).
+    assert counts == {"prepared": 0, "resumed": 1, "skipped": 1, "unreadable": 0, "frames": 0}
+    for size in ("16", "100000"):  # 100000 px would allocate 30 GB per frame
+        args = parser.parse_args(["prepare", str(dataset), str(out), "--size", size])
+        assert_one_line_user_error(lambda: args.func(args), "128 for the small model")
 
 
 def test_checkpoint_with_nan_weights_is_refused_not_rendered_black(tmp_path):
@@ -511,3 +515,13 @@ def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "other.safetensors", tiny_meta_checkpoint())
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_holdout_names_a_prepared_clip_and_leaves_one_to_train_on(tmp_path):
+    for i in range(2):
+        write_prepared_clip(tmp_path, f"clip{i}", 3, seed=i)
+    assert PreparedDataset(tmp_path, exclude=("clip1",)).clip_ids == ["clip0"]
+    assert_one_line_user_error(lambda: PreparedDataset(tmp_path, exclude=("clip7",)),
+                               "--holdout clip7 is not a prepared clip")
+    assert_one_line_user_error(lambda: PreparedDataset(tmp_path, exclude=("clip0", "clip1")),
+                               "Every prepared clip")

@@ -79,8 +79,15 @@ class PreparedDataset:
             except (OSError, ValueError, KeyError, TypeError):
                 raise UserError(f"The prepared clip's {meta_path} is unreadable; delete "
                                 f"{meta_path.parent} and run `live-puppet prepare` again.") from None
-            if clip.clip_id not in exclude:
-                clips.append(clip)
+            clips.append(clip)
+        unknown = sorted(set(exclude) - {c.clip_id for c in clips})
+        if unknown:
+            raise UserError(f"--holdout {unknown[0]} is not a prepared clip in '{root}'; give the id "
+                            f"of one (such as {clips[0].clip_id if clips else 'speaker/video/001'}).")
+        if clips and all(c.clip_id in exclude for c in clips):
+            raise UserError(f"Every prepared clip in '{root}' is held out by --holdout; leave at "
+                            f"least one for training.")
+        clips = [c for c in clips if c.clip_id not in exclude]
         if not clips:
             if any(p.suffix.lower() in VIDEO_SUFFIXES for p in root.rglob("*")):
                 raise UserError(f"'{root}' holds videos, not prepared clips; prepare them first with "

@@ -30,6 +30,7 @@ from live_puppet.capture import VIDEO_SUFFIXES, opencv_quiet
 from live_puppet.errors import UserError, writable_folder
 
 MIN_FRAMES = 2  # a clip needs at least a shot and a target
+MIN_SIZE, MAX_SIZE = 32, 1024  # the crops' side, px (the models take 128 or 256)
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,12 @@ class ClipPreparer:
             if j is None:
                 continue
             crop = sketch.crop_image(frame, box, self.size)
-            cv2.imwrite(str(tmp / "frames" / f"{j:06d}.jpg"), crop, [cv2.IMWRITE_JPEG_QUALITY, 95])
             drawn = sketch.draw_sketch(ibug[j], self.size)
-            cv2.imwrite(str(tmp / "sketches" / f"{j:06d}.png"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            for path, image, params in ((tmp / "frames" / f"{j:06d}.jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95]),
+                                        (tmp / "sketches" / f"{j:06d}.png",
+                                         cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), [])):
+                if not cv2.imwrite(str(path), image, params):  # OpenCV returns False (disk full ...)
+                    raise OSError(f"cannot write {path.name}")
         np.save(tmp / "landmarks.npy", ibug.astype(np.float32))
         np.save(tmp / "mesh.npy", mesh.astype(np.float32))
         meta = {"clip": clip.clip_id, "source": str(clip.path), "size": self.size,
@@ -164,9 +168,9 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
     """Prepare every clip not yet prepared; returns counts {prepared, resumed, skipped, frames}."""
     from live_puppet.tracking import resolve_landmarker_model
 
-    if size < 32:
-        raise UserError(f"--size {size} is too small; use at least the model's image size "
-                        f"(128 for small, 256 for paper).")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"--size {size}: use the model's image size, 128 for the small model or "
+                        f"256 for the paper's (between {MIN_SIZE} and {MAX_SIZE} px).")
     if every < 1:
         raise UserError("--every must be 1 or more (keep every N-th frame).")
     clips = find_clips(dataset_dir)
@@ -178,14 +182,24 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
     counts = {"prepared": 0, "resumed": 0, "skipped": 0, "unreadable": 0, "frames": 0}
     for clip in tqdm(clips, desc="prepare", unit="clip"):
         target = out_dir / clip.clip_id
-        if (target / "meta.json").is_file() or clip.clip_id in skipped:
+        if (target / "meta.json").is_file():
             counts["resumed"] += 1
+            continue
+        if clip.clip_id in skipped:  # found without a face by an earlier run
+            counts["skipped"] += 1
+            tqdm.write(f"skipped {clip.clip_id}: fewer than {MIN_FRAMES} frames with a face (an "
+                       f"earlier run found; remove it from {skipped_path.name} to try again)")
             continue
         if not _readable(clip.path):  # not remembered as skipped: a fixed file is taken next time
             counts["unreadable"] += 1
             tqdm.write(f"skipped {clip.clip_id}: '{clip.path}' cannot be read as a video")
             continue
-        kept = preparer.prepare(clip, target)
+        try:
+            kept = preparer.prepare(clip, target)
+        except OSError as exc:
+            raise UserError(f"Could not write the prepared clip {clip.clip_id} to '{out_dir}' "
+                            f"({exc.strerror or exc}); free some space and run prepare again (the "
+                            f"clips done are kept).") from None
         if kept == 0:
             skipped.add(clip.clip_id)
             skipped_path.write_text(json.dumps(sorted(skipped)))

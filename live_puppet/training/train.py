@@ -318,6 +318,11 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
     else:
         echo("content loss over: " + ", ".join(
             n for n, m in (("VGG19", content.vgg19), ("VGGFace", content.vggface)) if m))
+    smallest = min(c.size for c in dataset.clips)
+    if smallest < config.image_size:
+        echo(f"note: clips prepared at {smallest} px are upscaled to the model's "
+             f"{config.image_size} px; prepare them with --size {config.image_size} for sharper "
+             f"training")
     echo(f"{len(dataset.clips)} clips, {sum(c.frames for c in dataset.clips)} frames; "
          f"{config.image_size} px, K={config.shots}, batch {opts.batch}, device {device}, "
          f"lr G/E {config.lr_g:g} D {config.lr_d:g}, {config.d_steps} D steps per G step")
