@@ -79,3 +79,19 @@ def test_int8_engine_is_quantized_and_close_to_fp32(calibration_dir, tmp_path):
     assert out.shape == ref.shape and np.isfinite(out).all()
     corr = np.corrcoef(out.ravel(), ref.ravel())[0, 1]
     assert corr > 0.9, f"INT8 output correlates {corr:.3f} with fp32"
+
+
+def test_damaged_or_misplaced_calibration_sets_are_one_sentence(tmp_path):
+    broken = tmp_path / "broken" / "x"
+    broken.mkdir(parents=True)
+    np.save(broken / "points.npy", np.array([{"not": "points"}], dtype=object))  # pickled objects
+    with pytest.raises(UserError, match="is damaged; delete the folder"):
+        CalibrationSet(tmp_path / "broken")
+    picture = tmp_path / "face.jpg"
+    picture.write_bytes(b"\xff\xd8 a still picture")
+    with pytest.raises(UserError, match="is a picture"):
+        write_calibration_set(picture, tmp_path / "cal")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(UserError, match="--calibration-dir"):
+        write_calibration_set(need(DRIVING / "d0.mp4"), a_file)

@@ -158,6 +158,28 @@ def test_build_engine_command(checkpoint, tmp_path, capsys, landmarker_model):
     assert "reused the cached engine" in capsys.readouterr().out
 
 
+def test_build_engine_keeps_every_engine_it_builds_past_the_cache_limit(checkpoint, tmp_path, capsys,
+                                                                       landmarker_model, monkeypatch):
+    """The cache keeps 24 engines; a gallery of more must not lose the first ones it just built.
+    Here the limit is 2 and the gallery holds 3 paintings."""
+    from live_puppet.backends import cache, commands
+
+    real_init = cache.EngineCache.__init__
+    monkeypatch.setattr(cache.EngineCache, "__init__", lambda self, root, keep=2: real_init(self, root, keep))
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for name in ("bouguereau_girl", "lady_agnew", "mona_lisa"):
+        (gallery / f"{name}.jpg").write_bytes(need(PORTRAITS / f"{name}.jpg").read_bytes())
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build-engine", "--checkpoint", str(checkpoint), "--portrait", str(gallery),
+                              "--backend", "onnxruntime", "--engine-dir", str(tmp_path / "eng"),
+                              "--landmarker-model", str(landmarker_model), "--max-side", "512"])
+    assert args.func(args) == 0
+    assert capsys.readouterr().out.count(": built") == 3
+    assert len(list((tmp_path / "eng").glob("*.onnx"))) == 3
+
+
 def test_swap_keeps_rendering_the_current_portrait_while_the_next_builds(
         checkpoint, portrait, image_tracker, tmp_path):
     from live_puppet.portrait import load_portrait

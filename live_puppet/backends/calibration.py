@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from live_puppet import sketch
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, writable_folder
 
 POINTS_FILE = "points.npy"
 PREVIEW_SIZE = 256
@@ -31,7 +31,13 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
 
     from live_puppet.tracking import Tracker, resolve_landmarker_model
 
+    from live_puppet.capture import IMAGE_SUFFIXES
+
     clip = Path(clip).expanduser()
+    if clip.suffix.lower() in IMAGE_SUFFIXES:
+        raise UserError(f"The calibration clip '{clip}' is a picture; pass a video of a talking "
+                        f"face (e.g. ../shared/data/driving/d3.mp4).")
+    writable_folder(out_dir, "the INT8 calibration set", "--calibration-dir")
     cap = cv2.VideoCapture(str(clip))
     if not cap.isOpened():
         raise UserError(f"The calibration clip '{clip}' cannot be read; pass a video file with a "
@@ -81,13 +87,25 @@ def ensure_calibration_set(folder: str | os.PathLike | None, clip: str | os.Path
         write_calibration_set(clip, folder, landmarker=landmarker)
 
 
+def _load_points(path: Path) -> np.ndarray:
+    """A set's sketch points (N x 68 x 2, in the unit crop); a damaged file raises UserError."""
+    try:
+        points = np.load(path, allow_pickle=False)
+        if points.ndim != 3 or points.shape[1:] != (68, 2) or not np.isfinite(points).all():
+            raise ValueError("not N x 68 x 2 finite points")
+    except (OSError, ValueError, EOFError):
+        raise UserError(f"The INT8 calibration set '{path}' is damaged; delete the folder "
+                        f"'{path.parent}' and make it again with --calibration-clip.") from None
+    return points
+
+
 class CalibrationSet:
     """Every set under a calibration folder, as sketches at a given resolution."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         files = sorted(self.root.glob(f"*/{POINTS_FILE}")) + sorted(self.root.glob(POINTS_FILE))
-        self.points = [p for f in files for p in np.load(f)]
+        self.points = [p for f in files for p in _load_points(f)]
         self.files = files
 
     def __len__(self) -> int:

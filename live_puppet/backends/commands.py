@@ -60,6 +60,8 @@ def handler(args: argparse.Namespace) -> int:
         print(f"Calibration set written to {written}")
     engine = NeuralEngine(checkpoint=args.checkpoint, backend=args.backend,
                           engine_dir=args.engine_dir, calibration_dir=calibration_dir)
+    cache = engine.builder.cache
+    cache.keep = max(cache.keep, len(paths))  # the cache's limit must not evict what this builds
     try:
         with Tracker(resolve_landmarker_model(args.landmarker_model), mode="image") as tracker:
             for path in paths:
