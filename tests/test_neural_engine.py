@@ -180,6 +180,22 @@ def test_build_engine_keeps_every_engine_it_builds_past_the_cache_limit(checkpoi
     assert len(list((tmp_path / "eng").glob("*.onnx"))) == 3
 
 
+def test_a_model_fine_tuned_on_another_portrait_says_whose_face_it_renders(tmp_path, portrait):
+    from live_puppet.backends.builder import PortraitEngineBuilder
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    g = Generator(cfg)
+    path = save_checkpoint(tmp_path / "mona.safetensors", Checkpoint(
+        config=cfg, generator=g, e_hat=torch.zeros(1, cfg.embed_dim), psi=torch.zeros(1, g.psi_dim),
+        kind="portrait", extra={"portrait": "/home/me/mona_lisa.jpg"}))
+    said = []
+    builder = PortraitEngineBuilder(path, backend="torch", engine_dir=tmp_path / "eng",
+                                    announce=said.append, progress=False)
+    builder.build(portrait)  # bouguereau_girl.jpg
+    assert any("fine-tuned on 'mona_lisa.jpg'" in s and "bouguereau_girl.jpg" in s for s in said)
+
+
 def test_swap_keeps_rendering_the_current_portrait_while_the_next_builds(
         checkpoint, portrait, image_tracker, tmp_path):
     from live_puppet.portrait import load_portrait

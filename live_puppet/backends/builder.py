@@ -14,6 +14,7 @@ the resolution, precision, backend, library versions and the device name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -106,6 +107,7 @@ class PortraitEngineBuilder:
         self.cache = EngineCache(engine_dir if engine_dir is not None else default_engine_dir())
         self.announce = announce
         self.progress = progress
+        self.tuned_on: str | None = None  # a fine-tuned checkpoint's portrait (its file name)
         self.config = self._read_config()
         self.size = self.config.image_size
         self._checkpoint = None
@@ -120,7 +122,11 @@ class PortraitEngineBuilder:
             from safetensors import safe_open
 
             with safe_open(str(self.checkpoint_path), framework="pt") as f:
-                return ModelConfig.from_json((f.metadata() or {})["config"])
+                meta = f.metadata() or {}
+                config = ModelConfig.from_json(meta["config"])
+            if meta.get("kind") == "portrait":
+                self.tuned_on = Path(json.loads(meta.get("extra", "{}")).get("portrait") or "").name
+            return config
         except Exception:  # let the checkpoint loader say precisely what is wrong
             self._checkpoint = self._load_checkpoint()
             return self._checkpoint.config
@@ -175,6 +181,11 @@ class PortraitEngineBuilder:
         from tqdm import tqdm
 
         start = time.perf_counter()
+        if self.tuned_on and portrait.path is not None and portrait.path.name != self.tuned_on \
+                and self.announce:
+            self.announce(f"note: '{self.checkpoint_path.name}' was fine-tuned on '{self.tuned_on}', "
+                          f"so '{portrait.path.name}' gets that face; fine-tune on it with "
+                          f"`live-puppet finetune` for its own.")
         inputs = PortraitInputs.from_portrait(portrait, self.size)
         example = rgb_to_tensor(inputs.sketch_rgb)
         key = self.cache_key(inputs)
