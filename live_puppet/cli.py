@@ -250,6 +250,9 @@ def cmd_run(args) -> int:
 
     config = config_from_args(args)
     check_outputs(config)
+    if config.checkpoint is not None and config.engine != "neural":
+        warn(f"--checkpoint is for the neural engine; the {config.engine} engine runs without it "
+             f"(add --engine neural to use it).")
     app = App(config)
     try:
         stats = app.run()
@@ -264,7 +267,9 @@ def cmd_run(args) -> int:
     summary = stats.summary()
     out = summary["frames_out"]
     line = (f"Done: {out} frame{'' if out == 1 else 's'} out of {summary['frames_in']} in, "
-            f"{summary['frames_dropped']} dropped, {summary['fps']:.1f} fps")
+            f"{summary['frames_dropped']} dropped")
+    if out >= 2:  # a rate needs two frames
+        line += f", {summary['fps']:.1f} fps"
     if config.record:
         line += f"; recording: {config.record}"
     print(line, flush=True)

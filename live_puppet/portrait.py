@@ -116,8 +116,10 @@ def find_face(tracker, image: np.ndarray) -> FaceState | None:
 
 
 def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
-                  max_side: int = 1024) -> Portrait:
-    """Read a portrait, fit it to the canvas and find its largest face (tracker in image mode)."""
+                  max_side: int = 1024, canvas_flag: str | None = None) -> Portrait:
+    """Read a portrait, fit it to the canvas and find its largest face (tracker in image mode).
+    `canvas_flag` is the option a face too small on the canvas asks to raise (default: --size or
+    --max-side, whichever set it)."""
     path = Path(path)
     original = read_image(path)
     image = fit_canvas(original, size, max_side)
@@ -128,7 +130,7 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
     scale = canvas_scale(original, size, max_side)
     full = find_face(tracker, original) if scale < 1.0 else None
     if full is not None and full.face_size() * scale < MIN_FACE_PX <= full.face_size():
-        option = "--size" if size is not None else "--max-side"
+        option = canvas_flag or ("--size" if size is not None else "--max-side")
         raise UserError(f"The face in '{path}' is {full.face_size():.0f} pixels across, but only "
                         f"{full.face_size() * scale:.0f} at the output canvas's {image.shape[1]}x"
                         f"{image.shape[0]} px (at least {MIN_FACE_PX} needed); give a larger "

@@ -55,7 +55,8 @@ def resolve_landmarker_model(explicit: str | os.PathLike | None = None, download
         if given:
             path = Path(given).expanduser()
             if not path.is_file():
-                raise UserError(f"The landmarker model '{path}' given by {where} does not exist; "
+                state = "is a folder" if path.is_dir() else "does not exist"
+                raise UserError(f"The landmarker model '{path}' given by {where} {state}; "
                                 f"give the path of a face_landmarker.task file.")
             return path
     cached = user_cache_dir() / MODEL_FILENAME

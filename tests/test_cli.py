@@ -193,6 +193,10 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
         assert_one_clear_line(run_command(*command), "would be overwritten")
     assert model.read_bytes() == b"a trained model" and copy.read_bytes() == clip.read_bytes()
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(clip), "--no-vcam",
+                                  "--no-preview", "--landmarker-model", str(tmp_path)), "is a folder")
+    small = run_command("bench", "--driving", str(clip), "--portrait", str(face), "--sizes", "128,256")
+    assert_one_clear_line(small, "give a larger --sizes")  # bench has no --max-side
+    assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(clip), "--no-vcam",
                                   "--no-preview", "--record", str(tmp_path / "o.webm")),
                           "record to a file ending in")
     odd = run_cli("--portrait", str(face), "--vcam-size", "321x239")

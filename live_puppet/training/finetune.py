@@ -68,8 +68,9 @@ def load_shots(paths: list[Path], size: int, landmarker: str | None = None) -> F
 def collect_pictures(portrait: Path, shots_dir: Path | None, max_shots: int) -> list[Path]:
     """The portrait plus up to max_shots - 1 pictures from shots_dir (sorted by name)."""
     if not portrait.is_file():
-        raise UserError(f"The portrait '{portrait}' does not exist; pass a picture file to "
-                        f"--portrait.")
+        state = "is a folder (more pictures of the face go to --shots)" if portrait.is_dir() \
+            else "does not exist"
+        raise UserError(f"The portrait '{portrait}' {state}; pass a picture file to --portrait.")
     paths = [portrait]
     if shots_dir is not None:
         if not shots_dir.is_dir():
