@@ -117,6 +117,19 @@ def _print_report(report, args: argparse.Namespace) -> None:
         print(f"Scores: {args.json}")
 
 
+MIN_BENCH_FRAMES = 10  # fewer give a timing of warm-up alone
+
+
+def bench_frames(text: str) -> int:
+    from live_puppet.cli import positive_int
+
+    frames = positive_int(text)
+    if frames < MIN_BENCH_FRAMES:
+        raise argparse.ArgumentTypeError(f"must be {MIN_BENCH_FRAMES} or more for a measurement "
+                                          f"beyond the warm-up, got {frames}")
+    return frames
+
+
 def _check_portrait_sizes(args: argparse.Namespace) -> None:
     """The portrait's face usable at every canvas benchmarked, before any worker starts."""
     from live_puppet.portrait import load_portrait
@@ -204,7 +217,8 @@ def _register_bench(subparsers) -> None:
     p.add_argument("--sizes", type=parse_sides,
                    help="output long sides to measure, e.g. 512,1024 (default: --max-side); the "
                         "portrait is never enlarged")
-    p.add_argument("--frames", type=positive_int, help="output frames per run (default: the whole clip)")
+    p.add_argument("--frames", type=bench_frames,
+                   help=f"output frames per run, {MIN_BENCH_FRAMES} or more (default: the whole clip)")
     p.add_argument("--realtime", action="store_true",
                    help="pace the clip at its fps and drop frames like a camera; adds "
                         "capture-to-sink latency and dropped frames")

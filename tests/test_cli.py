@@ -444,9 +444,11 @@ def test_other_commands_refuse_bad_outputs_and_inputs_before_doing_any_work(tmp_
     assert tiny.returncode == 2 and "--max-side: must be 128 or more, got 5" in tiny.stderr  # not "no face"
     wall = tmp_path / "wall.png"
     cv2.imwrite(str(wall), np.full((300, 300, 3), 120, np.uint8))
-    # bench runs each configuration in a process of its own: its error still comes out as one line
+    # bench checks the portrait before it starts a process per configuration
     assert_one_clear_line(run_command("bench", "--portrait", str(wall), "--driving", str(clip),
-                                      "--frames", "2"), "No face was found")
+                                      "--frames", "10"), "No face was found")
+    few = run_command("bench", "--portrait", str(face), "--driving", str(clip), "--frames", "3")
+    assert few.returncode == 2 and "10 or more for a measurement" in few.stderr  # 3 timed warm-up only
     assert_one_clear_line(run_command("train", "--data", str(tmp_path), "--out", str(a_file), "--steps", "1"),
                           "is a file")
     assert_one_clear_line(run_command("prepare", str(clip), str(tmp_path / "prepared")), "is a file")

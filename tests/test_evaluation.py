@@ -244,7 +244,7 @@ def test_bench_neural_compares_backends_on_random_weights(tmp_path, landmarker_m
     stats = tmp_path / "bench.json"
     assert main(["bench", "--driving", str(clip), "--portrait", str(portrait), "--engine", "neural",
                  "--model-config", "small", "--model-size", "64", "--backend", "torch,onnxruntime",
-                 "--sizes", "512", "--frames", "8", "--no-record", "--json", str(stats)]) == 0
+                 "--sizes", "512", "--frames", "10", "--no-record", "--json", str(stats)]) == 0
     printed = capsys.readouterr().out
     assert "small 64px random" in printed and "generator ms" in printed
     assert "weights are random" in printed and "GFLOP per frame" in printed
@@ -252,7 +252,7 @@ def test_bench_neural_compares_backends_on_random_weights(tmp_path, landmarker_m
     assert [r["backend"] for r in results] == ["torch", "onnxruntime"]
     for r in results:
         assert r["spec"]["model_config"] == "small" and r["spec"]["model_size"] == 64
-        assert r["frames_out"] == 8 and set(r["latency_ms"]["generate"]) == {"median", "p90", "p99"}
+        assert r["frames_out"] == 10 and set(r["latency_ms"]["generate"]) == {"median", "p90", "p99"}
         assert r["latency_ms"]["generate"]["median"] <= r["latency_ms"]["render"]["p99"]
 
 

@@ -525,3 +525,14 @@ def test_holdout_names_a_prepared_clip_and_leaves_one_to_train_on(tmp_path):
                                "--holdout clip7 is not a prepared clip")
     assert_one_line_user_error(lambda: PreparedDataset(tmp_path, exclude=("clip0", "clip1")),
                                "Every prepared clip")
+
+
+def test_a_damaged_checkpoint_in_the_run_folder_says_how_to_start_over(tmp_path):
+    from live_puppet.training.train import TrainOptions, run_training
+
+    write_prepared_clip(tmp_path / "data", "clip0", 6, seed=0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.safetensors").write_bytes(b"\x00cut short")
+    assert_one_line_user_error(lambda: run_training(TrainOptions(
+        data=tmp_path / "data", out=run, config=TINY, steps=2)), "Move", "away to start over")

@@ -277,12 +277,16 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
     dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
     resumed = last.is_file()
     if resumed:
-        ck = load_checkpoint(last)
+        try:
+            ck = load_checkpoint(last)
+        except UserError as exc:
+            raise UserError(f"The run folder's checkpoint cannot be resumed from: {exc} Move "
+                            f"'{last}' away to start over, or use a new --out folder.") from None
         if ck.embedder is None or ck.discriminator is None or ck.kind != "meta":
             raise UserError(f"'{last}' is not a meta-learning checkpoint; use an empty --out "
                             f"folder or the run folder of an earlier `train`.")
         if ck.videos != dataset.clip_ids:
-            raise UserError(f"'{last}' was trained on {len(ck.videos)} other clips than the "
+            raise UserError(f"'{last}' was trained on other clips ({len(ck.videos)}) than the "
                             f"{len(dataset.clip_ids)} in {opts.data}; resume with the same --data "
                             f"and --holdout, or use a new --out folder.")
         config, step = ck.config, ck.step
