@@ -120,7 +120,8 @@ class ClipPreparer:
         with Tracker(self.landmarker_model, mode="video") as tracker:
             for index, frame in tqdm(self._frames(clip.path), desc=f"  track {clip.clip_id}",
                                      total=expected or None,
-                                     leave=False, unit="frame"):
+                                     leave=False, unit="frame",
+                                     disable=None):  # a nested bar: on a terminal only
                 face = tracker.track(frame, int(index * 1000 / fps))
                 if face is not None:
                     indices.append(index)

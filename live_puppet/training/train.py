@@ -272,9 +272,9 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
+    dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))  # before --out is made
     run_dir = writable_folder(opts.out, "the training run", "--out")
     last = run_dir / "last.safetensors"
-    dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
     resumed = last.is_file()
     if resumed:
         try:
