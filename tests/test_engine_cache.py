@@ -42,8 +42,10 @@ def test_truncated_file_is_detected_and_rebuilt(tmp_path):
     engine = tmp_path / "k1.onnx"
     engine.write_bytes(engine.read_bytes()[:100])  # a copy cut short
     assert cache.validate(cache.entry("k1", ".onnx")).startswith("size")
-    out, cached = cache.get_or_build("k1", ".onnx", write, read)
+    said = []
+    out, cached = cache.get_or_build("k1", ".onnx", write, read, on_rebuild=said.append)
     assert not cached and write.calls == 2 and out == write.payload
+    assert len(said) == 1 and "k1.onnx is damaged (size 100 bytes" in said[0]  # the user is told why
 
 
 def test_same_size_corruption_is_detected(tmp_path):

@@ -104,14 +104,18 @@ class EngineCache:
             return "content hash mismatch"
         return None
 
-    def lookup(self, key: str, suffix: str) -> Path | None:
-        """The engine file for `key` when present and intact; a damaged one is removed."""
+    def lookup(self, key: str, suffix: str,
+               on_damage: Callable[[str], None] | None = None) -> Path | None:
+        """The engine file for `key` when present and intact; a damaged one is removed (and
+        `on_damage` told why)."""
         entry = self.entry(key, suffix)
         problem = self.validate(entry)
         if problem is None:
             os.utime(entry.sidecar)  # mark as recently used for pruning
             return entry.path
         if problem != "missing" or entry.sidecar.exists():
+            if on_damage:
+                on_damage(f"cached engine {entry.path.name} is damaged ({problem}); rebuilding")
             self.invalidate(key, suffix)
         return None
 
@@ -146,7 +150,7 @@ class EngineCache:
                      load: Callable[[Path], T], meta: dict[str, Any] | None = None,
                      on_rebuild: Callable[[str], None] | None = None) -> tuple[T, bool]:
         """(loaded engine, whether it came from the cache); damaged or unloadable files are rebuilt."""
-        path = self.lookup(key, suffix)
+        path = self.lookup(key, suffix, on_damage=on_rebuild)
         if path is not None:
             try:
                 return load(path), True

@@ -51,6 +51,9 @@ def handler(args: argparse.Namespace) -> int:
     paths = list_portraits(args.portrait)
     calibration_dir = getattr(args, "calibration_dir", None)
     if getattr(args, "calibration_clip", None):
+        if args.backend != "onnxruntime-int8":
+            print(f"Note: --calibration-clip makes a set for --backend onnxruntime-int8; the "
+                  f"{args.backend} backend does not use it.", flush=True)
         from live_puppet.backends.calibration import write_calibration_set
         from live_puppet.config import default_calibration_dir
 

@@ -11,6 +11,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 
 import cv2
 import numpy as np
@@ -67,7 +68,7 @@ class PreparedDataset:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"The data folder '{root}' does not exist; run `live-puppet prepare "
-                            f"DATASET_DIR {root}` first.")
+                            f"DATASET_DIR {quote(str(root))}` first.")
         clips = []
         for meta_path in sorted(root.rglob("meta.json")):
             if meta_path.parent.name.endswith(".partial"):
@@ -91,10 +92,11 @@ class PreparedDataset:
         if not clips:
             if any(p.suffix.lower() in VIDEO_SUFFIXES for p in root.rglob("*")):
                 raise UserError(f"'{root}' holds videos, not prepared clips; prepare them first with "
-                                f"`live-puppet prepare {root} {root.resolve().name}-prepared` and pass that "
+                                f"`live-puppet prepare {quote(str(root))} "
+                                f"{quote(root.resolve().name + '-prepared')}` and pass that "
                                 f"folder to --data.")
             raise UserError(f"'{root}' holds no prepared clips; run `live-puppet prepare "
-                            f"DATASET_DIR {root}` first.")
+                            f"DATASET_DIR {quote(str(root))}` first.")
         self.root = root
         self.clips = sorted(clips, key=lambda c: c.clip_id)
         self._landmarks: dict[str, np.ndarray] = {}
