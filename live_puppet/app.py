@@ -422,7 +422,8 @@ class App:
 
         def on_signal(signum, _frame):
             if self._shutting_down:  # already closing: let it finish the recording
-                say("Still finishing the recording; one moment.", file=sys.stderr)
+                say("Still finishing the recording; one moment." if self.config.record else
+                    "Still stopping; one moment.", file=sys.stderr)
                 return
             if not self._started:  # still starting (a neural engine may build for minutes)
                 raise KeyboardInterrupt

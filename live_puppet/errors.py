@@ -30,19 +30,19 @@ def warn(message: str) -> None:
 
 def writable_file(path, what: str, flag: str, inputs=()):
     """`path` as a Path, checked before any work is done: it is not a folder, not one of the
-    command's `inputs` (files; a folder stands for the pictures and clips in it), and its folder
+    command's `inputs` (files; a folder stands for the pictures and clips it holds), and its folder
     exists and can be written. `what` names it for the user ("the fine-tuned model"), `flag` is
     the option that sets it ("--out")."""
     from pathlib import Path
 
     path = Path(path).expanduser()
-    if _is_input(path, inputs):
-        raise UserError(f"{flag} '{path}' is one of the inputs and would be overwritten; choose "
-                        f"another file name.")
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"{flag} '{path}' is a folder; give a file name for {what} (e.g. "
                         f"'{path / 'out'}').")
+    if is_input(path, inputs):
+        raise UserError(f"{flag} '{path}' is one of the inputs and would be overwritten; choose "
+                        f"another file name.")
     if not folder.is_dir():
         raise UserError(f"The folder '{folder}' for {what} ({flag}) does not exist; create it or "
                         f"choose another path.")
@@ -50,7 +50,8 @@ def writable_file(path, what: str, flag: str, inputs=()):
     return path
 
 
-def _is_input(path, inputs) -> bool:
+def is_input(path, inputs) -> bool:
+    """Whether writing `path` would overwrite one of `inputs` (see writable_file)."""
     from pathlib import Path
 
     from live_puppet.capture import IMAGE_SUFFIXES, VIDEO_SUFFIXES
@@ -62,9 +63,9 @@ def _is_input(path, inputs) -> bool:
         source = Path(item).expanduser().resolve()
         if target == source:
             return True
-        if source.is_dir() and target.parent == source and \
+        if source.is_dir() and target.parent == source and target.is_file() and \
                 target.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-            return True
+            return True  # a picture or clip the folder already holds (a new file there is fine)
     return False
 
 

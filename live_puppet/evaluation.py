@@ -837,6 +837,7 @@ class EvalReport:
     mode: str
     frames: int | None
     results: list[PairResult]
+    planned: int | None = None  # pairs asked for (more than results when stopped early)
 
     def summaries(self) -> list[dict]:
         engines = list(dict.fromkeys(r.engine for r in self.results))
@@ -849,6 +850,8 @@ class EvalReport:
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "frames": self.frames, "psnr_cap_db": PSNR_CAP_DB,
+                "pairs_planned": self.planned,
+                "complete": self.planned is None or len(self.results) == self.planned,
                 "key_shapes": list(KEY_SHAPES), "moved_shape_std": MOVED_SHAPE_STD,
                 "features": list(FEATURES), "moved_feature_std": MOVED_FEATURE_STD,
                 "results": [asdict(r) for r in self.results], "summary": self.summaries()}
@@ -878,15 +881,17 @@ def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
 
 def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,
              progress: Callable[[str], None] | None = None) -> EvalReport:
-    """Evaluate every task in turn."""
+    """Evaluate every task in turn. When one stops the evaluation (Ctrl-C, an error), the report
+    of the pairs scored before it is attached to the exception as `partial_report`."""
     results: list[PairResult] = []
-    report = EvalReport(mode=tasks[0].mode if tasks else "self", frames=options.frames, results=results)
+    report = EvalReport(mode=tasks[0].mode if tasks else "self", frames=options.frames, results=results,
+                        planned=len(tasks))
     for i, task in enumerate(tasks, 1):
         if progress:
             progress(f"[{i}/{len(tasks)}] {task.name} engine={task.engine} ...")
         try:
             results.append(run_eval_task(task, options))
-        except (KeyboardInterrupt, UserError) as exc:
+        except (KeyboardInterrupt, Exception) as exc:
             exc.partial_report = report  # the pairs scored so far are kept by the caller
             raise
     return report

@@ -91,7 +91,7 @@ def eval_handler(args: argparse.Namespace) -> int:
     ev.check_inputs(tasks, options)
     try:
         report = ev.run_eval(tasks, options, progress=_progress)
-    except (KeyboardInterrupt, UserError) as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         partial = getattr(exc, "partial_report", None)
         if partial is None or not partial.results:
             raise

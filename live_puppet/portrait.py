@@ -100,7 +100,7 @@ def find_face(tracker, image: np.ndarray) -> FaceState | None:
         for y0 in _window_starts(h, side):
             for x0 in _window_starts(w, side):
                 f = tracker.track(image[y0:y0 + side, x0:x0 + side])
-                if f is not None:
+                if f is not None:  # (its matrix's rotation holds for the picture; only that is used)
                     found.append(_shifted(f, x0, y0, size))
         if found:
             best = max(found, key=lambda f: f.face_size())
@@ -169,6 +169,7 @@ class Gallery:
         self.paths = list_portraits(self.path)
         self.index = 0
         self._loaded: dict[Path, Portrait] = {}
+        self._failed: dict[Path, UserError] = {}  # remembered: a face search can take a second
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -176,8 +177,14 @@ class Gallery:
     def load(self, index: int) -> Portrait:
         """The portrait at `index` (loading it on first use); raises UserError when unusable."""
         path = self.paths[index % len(self.paths)]
+        if path in self._failed:
+            raise self._failed[path]
         if path not in self._loaded:
-            self._loaded[path] = load_portrait(path, self.tracker, self.size, self.max_side)
+            try:
+                self._loaded[path] = load_portrait(path, self.tracker, self.size, self.max_side)
+            except UserError as exc:
+                self._failed[path] = exc
+                raise
         self.index = index % len(self.paths)
         return self._loaded[path]
 
@@ -186,4 +193,5 @@ class Gallery:
         current = self.paths[self.index] if self.paths else None
         self.paths = list_portraits(self.path)
         self._loaded.clear()
+        self._failed.clear()
         self.index = self.paths.index(current) if current in self.paths else 0

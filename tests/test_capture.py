@@ -112,6 +112,9 @@ def test_a_clip_damaged_half_way_says_where_it_ends(tmp_path, capsys):
     frames = list(VideoFileSource(path).frames())
     assert 0 < len(frames) < 50
     assert f"damaged after frame {len(frames)}" in capsys.readouterr().err
+    looped = VideoFileSource(path, loop=True).frames()
+    assert len([f for _, f in zip(range(3 * len(frames)), looped)]) == 3 * len(frames)
+    assert capsys.readouterr().err.count("damaged after frame") == 1  # once, not at every pass
 
 
 def test_bad_sources_say_what_is_wrong(tmp_path):

@@ -477,3 +477,29 @@ def test_prepare_says_when_no_clip_could_be_read(tmp_path):
     result = run_command("prepare", str(videos), str(tmp_path / "prepared"))
     assert_one_clear_line(result, "1 unreadable")
     assert not (tmp_path / "prepared" / "skipped.json").exists()  # a fixed file is taken next time
+
+
+def test_a_new_recording_may_go_into_the_gallery_folder_but_not_over_its_pictures(tmp_path):
+    from live_puppet.errors import UserError, writable_file
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    (gallery / "mona.jpg").write_bytes(b"a picture")
+    assert writable_file(gallery / "take1.mp4", "the recording", "--record", [gallery]) == \
+        gallery / "take1.mp4"
+    with pytest.raises(UserError, match="one of the inputs"):
+        writable_file(gallery / "mona.jpg", "the recording", "--record", [gallery])
+    with pytest.raises(UserError, match="is a folder"):
+        writable_file(gallery, "the recording", "--record", [gallery])
+
+
+def test_a_one_frame_run_with_an_unused_checkpoint(tmp_path, astronaut, landmarker_model, capsys):
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 5)
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--max-frames", "1", "--checkpoint", str(tmp_path / "ck.safetensors")]) == 0
+    captured = capsys.readouterr()
+    assert "--checkpoint is for the neural engine" in captured.err  # not silently ignored
+    done = [line for line in captured.out.splitlines() if line.startswith("Done:")]
+    assert done and done[0].startswith("Done: 1 frame out of") and "fps" not in done[0]

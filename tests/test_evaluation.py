@@ -371,24 +371,30 @@ def test_eval_and_bench_honour_feature_gains(command, tmp_path, monkeypatch):
     assert seen["gains"] == {"brow": 2.0, "eye": 1.5}
 
 
-def test_eval_stopped_in_a_later_pair_keeps_the_pairs_scored(tmp_path, landmarker_model, monkeypatch, capsys):
-    """Ctrl-C during pair 2 (or pair 2 failing): pair 1's row and JSON are still written."""
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt(), 130),
+                                        (ev.UserError("the clip went away"), 2),
+                                        (RuntimeError("evaluating d19 failed"), 1)])
+def test_eval_stopped_in_a_later_pair_keeps_the_pairs_scored(stop, code, tmp_path, landmarker_model,
+                                                              monkeypatch, capsys):
+    """Ctrl-C during pair 2, or pair 2 failing: pair 1's row and JSON are still written."""
     clip = need(DRIVING / "d19.mp4")
     scores = tmp_path / "scores.json"
     real_task = ev.run_eval_task
 
-    def second_pair_interrupted(task, options):
+    def second_pair_stopped(task, options):
         if task.engine == "static":
-            raise KeyboardInterrupt
+            raise stop
         return real_task(task, options)
 
-    monkeypatch.setattr(ev, "run_eval_task", second_pair_interrupted)
+    monkeypatch.setattr(ev, "run_eval_task", second_pair_stopped)
     assert main(["eval", "--self", str(clip), "--engine", "warp,static", "--frames", "4",
-                 "--out", str(tmp_path / "out"), "--json", str(scores)]) == 130
+                 "--out", str(tmp_path / "out"), "--json", str(scores)]) == code
     captured = capsys.readouterr()
     assert "d19" in captured.out and "mean (warp)" in captured.out
     assert "only 1 of 2 pairs" in captured.err
-    assert [r["engine"] for r in json.loads(scores.read_text())["results"]] == ["warp"]
+    data = json.loads(scores.read_text())
+    assert [r["engine"] for r in data["results"]] == ["warp"]
+    assert data["complete"] is False and data["pairs_planned"] == 2
 
 
 def test_eval_with_the_neural_engine_needs_its_checkpoint_before_any_pair(tmp_path, monkeypatch, capsys):

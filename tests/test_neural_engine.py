@@ -194,6 +194,13 @@ def test_a_model_fine_tuned_on_another_portrait_says_whose_face_it_renders(tmp_p
                                     announce=said.append, progress=False)
     builder.build(portrait)  # bouguereau_girl.jpg
     assert any("fine-tuned on 'mona_lisa.jpg'" in s and "bouguereau_girl.jpg" in s for s in said)
+    own = save_checkpoint(tmp_path / "bouguereau.safetensors", Checkpoint(
+        config=cfg, generator=g, e_hat=torch.zeros(1, cfg.embed_dim), psi=torch.zeros(1, g.psi_dim),
+        kind="portrait", extra={"portrait": "/home/me/bouguereau_girl.jpg"}))
+    said.clear()
+    PortraitEngineBuilder(own, backend="torch", engine_dir=tmp_path / "eng", announce=said.append,
+                          progress=False).build(portrait)
+    assert not any("fine-tuned on" in s for s in said)  # its own portrait: nothing to say
 
 
 def test_swap_keeps_rendering_the_current_portrait_while_the_next_builds(

@@ -72,6 +72,7 @@ def test_a_small_face_in_a_wide_picture_is_found_where_it_is(tmp_path, image_tra
     alone = load_portrait(_saved(tmp_path / "alone.png", astronaut), image_tracker).face
     scene = np.full((512, 1024, 3), 170, np.uint8)
     scene[150:470, 640:960] = cv2.resize(astronaut, (320, 320), interpolation=cv2.INTER_AREA)
+    assert image_tracker.track(scene) is None  # what MediaPipe finds on the whole picture
     face = load_portrait(_saved(tmp_path / "scene.png", scene), image_tracker).face
     expected = alone.xy * 0.625 + (640, 150)  # where the astronaut's landmarks are in the scene
     assert np.median(np.linalg.norm(face.xy - expected, axis=1)) < 3.0
@@ -112,3 +113,24 @@ def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):
     cv2.imwrite(str(tmp_path / "c.png"), astronaut)
     gallery.reload()
     assert len(gallery) == 3 and gallery.index == 1
+
+
+def test_a_gallery_remembers_a_picture_without_a_face(tmp_path, image_tracker, astronaut):
+    """Swapping to it again (hotkeys) must not search the picture again: that takes a second."""
+    cv2.imwrite(str(tmp_path / "a.png"), astronaut)
+    cv2.imwrite(str(tmp_path / "b.png"), np.full((600, 600, 3), 128, np.uint8))
+
+    class Counting:
+        calls = 0
+
+        def track(self, image):
+            Counting.calls += 1
+            return image_tracker.track(image)
+
+    gallery = Gallery(tmp_path, Counting())
+    with pytest.raises(UserError, match="No face"):
+        gallery.load(1)
+    searched = Counting.calls
+    with pytest.raises(UserError, match="No face"):
+        gallery.load(1)
+    assert Counting.calls == searched > 1  # the window search ran once

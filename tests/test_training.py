@@ -536,3 +536,62 @@ def test_a_damaged_checkpoint_in_the_run_folder_says_how_to_start_over(tmp_path)
     (run / "last.safetensors").write_bytes(b"\x00cut short")
     assert_one_line_user_error(lambda: run_training(TrainOptions(
         data=tmp_path / "data", out=run, config=TINY, steps=2)), "Move", "away to start over")
+
+
+@needs_shared
+def test_prepare_on_a_full_disk_is_a_sentence_and_keeps_no_half_clip(tmp_path, monkeypatch):
+    from live_puppet.training import prepare
+
+    monkeypatch.setenv("LIVE_PUPPET_LANDMARKER", str(LANDMARKER))
+    dataset = tmp_path / "videos"
+    dataset.mkdir()
+    (dataset / "talk.mp4").symlink_to(DRIVING)
+    monkeypatch.setattr(prepare.cv2, "imwrite", lambda *a, **k: False)  # what OpenCV does then
+    assert_one_line_user_error(lambda: prepare.prepare_dataset(dataset, tmp_path / "out", size=64,
+                                                               max_frames=3), "free some space")
+    assert not (tmp_path / "out" / "talk" / "meta.json").exists()
+
+
+def test_ctrl_c_again_while_saving_for_the_first_one_lets_the_save_finish_and_be_told(tmp_path,
+                                                                                     monkeypatch):
+    import os
+    import signal
+
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+
+    def save_with_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_with_ctrl_c)
+    told = []
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt  # the first Ctrl-C, being handled by saving
+        except KeyboardInterrupt:
+            save_checkpoint(tmp_path / "ck.safetensors", tiny_meta_checkpoint())
+            told.append("interrupted: saved")  # reached: the second Ctrl-C did not cut it off
+            raise
+    assert told and load_checkpoint(tmp_path / "ck.safetensors").step == 7
+
+
+def test_an_error_before_the_first_step_saves_no_untrained_model(tmp_path, monkeypatch):
+    from live_puppet.training.train import TrainOptions, run_training
+
+    write_prepared_clip(tmp_path / "data", "clip0", 6, seed=0)
+
+    def gone(self, batch):
+        raise UserError("A prepared frame is missing; run prepare again.")
+
+    monkeypatch.setattr(EpisodeSampler, "sample", gone)
+    with pytest.raises(UserError, match="missing"):
+        run_training(TrainOptions(data=tmp_path / "data", out=tmp_path / "run", config=TINY,
+                                  steps=5, threads=1), echo=lambda *a: None)
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_holdout_on_a_folder_of_raw_videos_still_says_to_prepare_them(tmp_path):
+    (tmp_path / "talk.mp4").write_bytes(b"a video")
+    assert_one_line_user_error(lambda: PreparedDataset(tmp_path, exclude=("x",)), "holds videos")

@@ -29,9 +29,8 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
     """Track `count` evenly spaced frames of `clip` and store their sketches' points; the set's dir."""
     from tqdm import tqdm
 
-    from live_puppet.tracking import Tracker, resolve_landmarker_model
-
     from live_puppet.capture import IMAGE_SUFFIXES
+    from live_puppet.tracking import Tracker, resolve_landmarker_model
 
     clip = Path(clip).expanduser()
     if clip.suffix.lower() in IMAGE_SUFFIXES:

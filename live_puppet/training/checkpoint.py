@@ -116,10 +116,13 @@ def _remove(path: Path) -> None:
 @contextlib.contextmanager
 def interrupt_deferred():
     """Ctrl-C while a checkpoint is written takes effect once it is complete (a half-written
-    checkpoint would be lost work), and says so at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    checkpoint would be lost work), and says so at once; while already stopping for a Ctrl-C,
+    another one only waits for the file."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # not ours to change (another thread, an ignored SIGINT, a handler set elsewhere)
         return
+    handling = sys.exc_info()[0] is KeyboardInterrupt  # saving because of a first Ctrl-C
     pressed = []
 
     def hold(signum, frame):
@@ -131,7 +134,7 @@ def interrupt_deferred():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if pressed:
+    if pressed and not handling:  # (when already stopping, the caller goes on to say where it saved)
         raise KeyboardInterrupt
 
 

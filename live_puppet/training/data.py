@@ -49,7 +49,8 @@ class PreparedClip:
             raise UserError(f"The prepared frame {self.root}/frames/{j:06d}.jpg is missing or "
                             f"unreadable; delete {self.root} and run `live-puppet prepare` again.")
         if size != self.size:
-            bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA)
+            bgr = cv2.resize(bgr, (size, size),
+                             interpolation=cv2.INTER_AREA if size < self.size else cv2.INTER_CUBIC)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def sketch_rgb(self, j: int, size: int, landmarks: np.ndarray) -> np.ndarray:
@@ -81,7 +82,7 @@ class PreparedDataset:
                 raise UserError(f"The prepared clip's {meta_path} is unreadable; delete "
                                 f"{meta_path.parent} and run `live-puppet prepare` again.") from None
             clips.append(clip)
-        unknown = sorted(set(exclude) - {c.clip_id for c in clips})
+        unknown = sorted(set(exclude) - {c.clip_id for c in clips}) if clips else []
         if unknown:
             raise UserError(f"--holdout {unknown[0]} is not a prepared clip in '{root}'; give the id "
                             f"of one (such as {clips[0].clip_id if clips else 'speaker/video/001'}).")

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from live_puppet import sketch
 from live_puppet.capture import IMAGE_SUFFIXES
-from live_puppet.errors import UserError, writable_file
+from live_puppet.errors import UserError, is_input, writable_file
 from live_puppet.model import losses as L
 from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from live_puppet.training.data import image_to_tensor
@@ -187,8 +187,12 @@ def run_finetune(checkpoint: Path, portrait: Path, shots_dir: Path | None, out: 
     if out.suffix.lower() != ".safetensors":
         raise UserError(f"--out '{out}': the fine-tuned model is a safetensors file; give a name "
                         f"ending in .safetensors.")
-    # Ctrl-C saves the model so far; it must not replace a finished model from an earlier run.
-    partial = out.with_name(out.stem + ".partial.safetensors") if out.exists() else out
+    # Ctrl-C saves the model so far; it must not replace a finished model from an earlier run,
+    # nor an input (finetune --checkpoint ft.partial.safetensors --out ft.safetensors).
+    partial, n = out, 0
+    while partial.exists() and (partial == out or is_input(partial, [checkpoint, portrait])):
+        n += 1
+        partial = out.with_name(f"{out.stem}.partial{'' if n == 1 else n}.safetensors")
     device = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)

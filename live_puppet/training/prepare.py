@@ -16,6 +16,7 @@ OUT/skipped.json. Running again resumes: complete clips and skipped clips are no
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from dataclasses import dataclass
@@ -150,8 +151,8 @@ class ClipPreparer:
             for path, image, params in ((tmp / "frames" / f"{j:06d}.jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 95]),
                                         (tmp / "sketches" / f"{j:06d}.png",
                                          cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), [])):
-                if not cv2.imwrite(str(path), image, params):  # OpenCV returns False (disk full ...)
-                    raise OSError(f"cannot write {path.name}")
+                if not cv2.imwrite(str(path), image, params):  # OpenCV says only False
+                    raise OSError(errno.ENOSPC, f"OpenCV could not write {path.name}; is the disk full?")
         np.save(tmp / "landmarks.npy", ibug.astype(np.float32))
         np.save(tmp / "mesh.npy", mesh.astype(np.float32))
         meta = {"clip": clip.clip_id, "source": str(clip.path), "size": self.size,
@@ -188,8 +189,8 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
             continue
         if clip.clip_id in skipped:  # found without a face by an earlier run
             counts["skipped"] += 1
-            tqdm.write(f"skipped {clip.clip_id}: fewer than {MIN_FRAMES} frames with a face (an "
-                       f"earlier run found; remove it from {skipped_path.name} to try again)")
+            tqdm.write(f"skipped {clip.clip_id}: fewer than {MIN_FRAMES} frames with a face, found "
+                       f"by an earlier run (remove it from {skipped_path.name} to try again)")
             continue
         if not _readable(clip.path):  # not remembered as skipped: a fixed file is taken next time
             counts["unreadable"] += 1
@@ -198,9 +199,10 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
         try:
             kept = preparer.prepare(clip, target)
         except OSError as exc:
+            todo = "free some space" if exc.errno == errno.ENOSPC else "check that it can be written"
             raise UserError(f"Could not write the prepared clip {clip.clip_id} to '{out_dir}' "
-                            f"({exc.strerror or exc}); free some space and run prepare again (the "
-                            f"clips done are kept).") from None
+                            f"({exc.strerror or exc}); {todo} and run prepare again (the clips done "
+                            f"are kept).") from None
         if kept == 0:
             skipped.add(clip.clip_id)
             skipped_path.write_text(json.dumps(sorted(skipped)))

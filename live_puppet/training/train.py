@@ -272,9 +272,9 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
-    dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))  # before --out is made
     run_dir = writable_folder(opts.out, "the training run", "--out")
     last = run_dir / "last.safetensors"
+    dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
     resumed = last.is_file()
     if resumed:
         try:
@@ -340,9 +340,13 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
     saved = [step if resumed else None]  # the step last.safetensors holds
 
     def save(at: int) -> None:
-        save_checkpoint(last, learner.checkpoint(at, dataset.clip_ids))
-        log.plot()
+        try:
+            save_checkpoint(last, learner.checkpoint(at, dataset.clip_ids))
+        except KeyboardInterrupt:  # pressed while writing: the file was completed first
+            saved[0] = at
+            raise
         saved[0] = at
+        log.plot()
 
     if step >= opts.steps:
         echo(f"already at step {step} >= --steps {opts.steps}; nothing to do")
@@ -372,15 +376,17 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
                 save(step)
     except KeyboardInterrupt:
         bar.close()
-        save(step)
-        echo(f"interrupted: saved step {step} to {last}")
+        if step > (saved[0] or 0):
+            save(step)
+        echo(f"interrupted: saved step {saved[0]} to {last}" if saved[0] is not None else
+             "interrupted before the first step; nothing was saved")
         raise
     except Diverged:
         bar.close()
         raise
     except Exception:  # e.g. a prepared frame gone: keep the steps done since the last save
         bar.close()
-        if step != saved[0]:
+        if step > (saved[0] or 0):  # steps done since the last save (none: nothing to keep)
             save(step)
             echo(f"stopped by an error: saved step {step} to {last}")
         raise
