@@ -18,7 +18,7 @@ from live_puppet.calibration import calibration_path, load_shape, save_neutral
 from live_puppet.capture import Capture, open_source
 from live_puppet.config import RunConfig, default_calibration_dir
 from live_puppet.errors import UserError, say, warn
-from live_puppet.portrait import Gallery
+from live_puppet.portrait import Gallery, list_portraits
 from live_puppet.render import create_engine
 from live_puppet.retarget import Retargeter, RetargetSettings
 from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, ProgressSink, RecorderSink,
@@ -81,6 +81,7 @@ class App:
     # -- setup -----------------------------------------------------------------------------------
     def _open(self) -> None:
         c = self.config
+        list_portraits(c.portrait)  # a mistyped portrait path is named before the camera opens
         model = resolve_landmarker_model(c.landmarker_model)
         self.source = open_source(c.source, loop=c.loop, camera_size=c.camera_size,
                                   camera_fps=c.camera_fps)

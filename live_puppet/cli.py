@@ -278,10 +278,13 @@ def cmd_run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--debug"):
+    debug = "--debug" in argv  # anywhere: `run_live.py --portrait X --debug` as well
+    argv = [a for a in argv if a != "--debug"]
+    if argv and argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help"):
         argv.insert(0, "run")  # `python -m live_puppet --portrait ...` means run
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = args.debug or debug
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

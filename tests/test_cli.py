@@ -172,6 +172,9 @@ def test_bad_inputs_get_one_line_and_exit_code_2(tmp_path, clip, astronaut, land
                                   "--no-preview"), "No face was found")
     assert_one_clear_line(run_cli("--portrait", str(tmp_path / "missing.jpg"), "--source", str(clip),
                                   "--no-vcam", "--no-preview"), "does not exist")
+    # ... named before the camera is tried (there is none here), and --debug is taken after run's options
+    assert_one_clear_line(run_cli("--portrait", str(tmp_path / "missing.jpg"), "--no-vcam", "--debug"),
+                          "The portrait")
     face = tmp_path / "face.png"
     cv2.imwrite(str(face), astronaut)
     assert_one_clear_line(run_cli("--portrait", str(face), "--source", str(tmp_path / "gone.mp4"),
