@@ -296,16 +296,21 @@ def test_save_checkpoint_to_a_folder_is_a_user_error_and_leaves_no_tmp(tmp_path)
     assert not list(tmp_path.rglob("*.tmp"))
 
 
-def test_interrupted_finetune_saves_the_model_so_far_and_reraises(tmp_path, monkeypatch):
-    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+def ctrl_c_after(finetune, steps: int, monkeypatch) -> None:
+    """Fine-tuning steps raise KeyboardInterrupt once `steps` are done (a Ctrl-C then)."""
     real_step = finetune.FineTuner.step
 
     def step_then_interrupt(self, batch=4):
-        if self.steps_done == 2:
+        if self.steps_done == steps:
             raise KeyboardInterrupt
         return real_step(self, batch)
 
     monkeypatch.setattr(finetune.FineTuner, "step", step_then_interrupt)
+
+
+def test_interrupted_finetune_saves_the_model_so_far_and_reraises(tmp_path, monkeypatch):
+    finetune, ck_path, portrait = finetune_setup(tmp_path, monkeypatch)
+    ctrl_c_after(finetune, 2, monkeypatch)
     lines = []
     out = tmp_path / "ft.safetensors"
     with pytest.raises(KeyboardInterrupt):
@@ -447,14 +452,7 @@ def test_finetune_never_writes_over_its_inputs_or_a_finished_model(tmp_path, mon
     out = tmp_path / "ft.safetensors"
     finetune.run_finetune(ck_path, portrait, None, out, steps=1, batch=1, echo=lambda *a: None)
     finished = out.read_bytes()
-    real_step = finetune.FineTuner.step
-
-    def step_then_interrupt(self, batch=4):
-        if self.steps_done == 1:
-            raise KeyboardInterrupt
-        return real_step(self, batch)
-
-    monkeypatch.setattr(finetune.FineTuner, "step", step_then_interrupt)
+    ctrl_c_after(finetune, 1, monkeypatch)
     lines = []
     with pytest.raises(KeyboardInterrupt):
         finetune.run_finetune(ck_path, portrait, None, out, steps=5, batch=1, echo=lines.append)
