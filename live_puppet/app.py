@@ -119,9 +119,11 @@ class App:
         def save(neutral) -> None:
             try:
                 save_neutral(neutral, path)
-                say(f"Calibration '{c.calibration}' saved to {path}.")
             except OSError as exc:
-                warn(f"could not save the calibration to {path} ({exc}); it is used for this session only.")
+                warn(f"could not save the calibration to {path} ({exc.strerror or exc}); it is used "
+                     f"for this session only.")
+                return
+            say(f"Calibration '{c.calibration}' saved to {path}.")
 
         return Retargeter(settings, stored_shape=stored, on_neutral=save)
 
@@ -331,9 +333,13 @@ class App:
             try:
                 sink.send(image if sink.wants_canvas else letterboxed, info)
             except Exception as exc:
-                warn(f"the {sink.name} output failed ({exc}) and was turned off; the others go on.")
                 self.sinks.remove(sink)
                 self._close_sink(sink)
+                if any(s.delivers for s in self.sinks):
+                    warn(f"the {sink.name} output failed ({exc}) and was turned off; the others go on.")
+                else:  # nothing would see the frames: rendering on would be wasted time
+                    warn(f"the {sink.name} output failed ({exc}); it was the only output, so the run stops.")
+                    self.stop_requested.set()
 
     def _close_sink(self, sink: Sink) -> None:
         try:

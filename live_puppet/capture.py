@@ -42,6 +42,12 @@ class Source:
     def frames(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
 
+    def timed_frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """The pictures with their time in the source in seconds, where the source knows it
+        (None: the i-th picture is at i / fps)."""
+        for image in self.frames():
+            yield image, None
+
     def request_stop(self) -> None:
         """Ask a `frames()` running in another thread to end soon (e.g. stop retrying a camera)."""
 
@@ -163,23 +169,38 @@ class VideoFileSource(Source):
         self._damage_told = False  # the damaged tail is named once, not at every loop
 
     def frames(self) -> Iterator[np.ndarray]:
+        for image, _ in self.timed_frames():
+            yield image
+
+    def timed_frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """Each frame with its own presentation time, so a clip of variable frame rate (as phones
+        record) keeps its timing; a loop's passes follow one another."""
         import av
 
+        offset = 0.0
         while True:
+            end = offset
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 decoded = 0
+                first = None
                 try:
                     for frame in container.decode(stream):
                         decoded += 1
-                        yield frame.to_ndarray(format="bgr24")
+                        t = frame.time
+                        if t is not None:
+                            first = t if first is None else first
+                            t = offset + t - first  # from 0, whatever the container's start
+                            end = t + 1.0 / self.fps
+                        yield frame.to_ndarray(format="bgr24"), t
                 except av.error.InvalidDataError:  # a damaged tail ends the clip like its end would
                     if not self._damage_told:
                         warn(f"'{self.path.name}' is damaged after frame {decoded}; the clip ends there.")
                         self._damage_told = True
             if not self.loop:
                 return
+            offset = end if end > offset else offset + decoded / self.fps
 
 
 class ImageFolderSource(Source):
@@ -250,18 +271,19 @@ class Capture:
         period = 1.0 / max(self.source.fps, 1e-3)
         start = time.perf_counter()
         try:
-            for i, image in enumerate(self.source.frames()):
+            for i, (image, at) in enumerate(self.source.timed_frames()):
                 if self._stop.is_set():
                     break
+                at = i * period if at is None else at  # the picture's time in the file
                 if self.realtime and not self.source.is_live:
-                    delay = start + i * period - time.perf_counter()
+                    delay = start + at - time.perf_counter()
                     if delay > 0:
                         self._stop.wait(delay)
                 mirrored = self.mirror  # read once: the hotkey may flip it meanwhile
                 if mirrored:
                     image = cv2.flip(image, 1)
                 now = time.perf_counter()
-                media_time = now - start if self.source.is_live else i / self.source.fps
+                media_time = now - start if self.source.is_live else at
                 frame = Frame(image=image, timestamp=now, index=i, fps=self.source.fps,
                               media_time=media_time, mirrored=mirrored)
                 self.frames_read += 1

@@ -258,10 +258,15 @@ def cmd_run(args) -> int:
         stats = app.run()
     finally:
         if config.stats_json:
-            app.stats.write_json(config.stats_json, {"engine": config.engine, "source": config.source})
+            try:
+                app.stats.write_json(config.stats_json, {"engine": config.engine, "source": config.source})
+            except OSError as exc:  # (a full disk: the run's own outcome is reported, not this)
+                warn(f"could not write the statistics to '{config.stats_json}' ({exc.strerror or exc}).")
     if app.recorder is not None and app.recorder.error is not None:
-        raise UserError(f"The recording '{config.record}' failed ({app.recorder.error}); it may be "
-                        f"incomplete. Check the disk's free space and record again.")
+        kept = app.recorder.partial
+        what = f"what was recorded is in '{kept}'" if kept.exists() else "nothing was kept"
+        raise UserError(f"The recording '{config.record}' failed ({app.recorder.error}); {what}. "
+                        f"Check the disk's free space and record again.")
     if stats.frames_out and not stats.frames_with_face:
         warn(f"no face was found in any frame of '{config.source}'; the portrait stayed still.")
     summary = stats.summary()
@@ -296,9 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("live-puppet: interrupted.", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:  # stdout's reader went away (`| head`): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # a bug: one line unless --debug
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.filename is not None:  # the system refused a path
+            print(f"live-puppet: error: cannot use '{exc.filename}' ({exc.strerror or exc}); check "
+                  f"the path and its permissions.", file=sys.stderr, flush=True)
+            return 2
         print(f"live-puppet: unexpected error: {type(exc).__name__}: {exc} (run with --debug "
               f"for details and please report it)", file=sys.stderr, flush=True)
         return 1

@@ -68,6 +68,7 @@ class Sink:
 
     name = "sink"
     wants_canvas = False
+    delivers = True  # the frames reach someone (camera, window, file); a progress bar does not
 
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
         raise NotImplementedError
@@ -186,6 +187,7 @@ class ProgressSink(Sink):
     how many, and the rate. On stderr it shows only on a terminal (logs and pipes stay clean)."""
 
     name = "progress"
+    delivers = False
 
     def __init__(self, total: int | None, description: str = "rendering", file=None):
         from tqdm import tqdm
@@ -213,6 +215,10 @@ class RecorderSink(Sink):
     dropped is a longer frame, not a jump forward. `fps` is the nominal rate the encoder plans
     for. Frames are never dropped here (the queue blocks when full). `close` flushes the encoder
     and writes the file's index, so the recording is playable after any exit.
+
+    The file is written under a hidden name beside `path` (`.NAME.PID.recording.mp4`) and moved
+    into place when complete: a run that fails keeps an earlier recording of that name, and a
+    second run recording to the same name while this one does is refused.
     """
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, crf: int = 20):
@@ -223,8 +229,14 @@ class RecorderSink(Sink):
             raise UserError(f"Cannot record to '{self.path}': the folder '{self.path.parent}' "
                             f"does not exist; create it or choose another path.")
         self.rate = Fraction(fps).limit_denominator(1001)
+        self.partial = self.path.with_name(f".{self.path.stem}.{os.getpid()}.recording{self.path.suffix}")
+        for other in self.path.parent.glob(f".{self.path.stem}.*.recording{self.path.suffix}"):
+            pid = other.name[len(self.path.stem) + 2:-len(f".recording{self.path.suffix}")]
+            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+                raise UserError(f"Another run (process {pid}) is recording to '{self.path}' right "
+                                f"now; choose another --record file.")
         try:
-            self.container = av.open(str(self.path), mode="w")
+            self.container = av.open(str(self.partial), mode="w")
         except Exception as exc:
             raise UserError(f"Cannot write the recording '{self.path}' ({exc}); choose a writable "
                             f"path ending in .mp4 or .mkv.") from None
@@ -273,6 +285,19 @@ class RecorderSink(Sink):
                     self.container.mux(packet)
             finally:
                 self.container.close()  # writes the index
-        except Exception as exc:  # disk full, ...: the run reports it
-            self.error = self.error or exc
+        except Exception as exc:  # disk full, ...: the run reports it (what was written stays
+            self.error = self.error or exc  # in self.partial)
             raise
+        if self.error is None:
+            os.replace(self.partial, self.path)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of that id exists (one that has ended leaves its .recording file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, owned by someone else
+    return True

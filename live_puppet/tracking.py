@@ -71,15 +71,22 @@ def resolve_landmarker_model(explicit: str | os.PathLike | None = None, download
 def _download(dest: Path) -> Path:
     import pooch
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"Cannot create the folder '{dest.parent}' for MediaPipe's face landmarker "
+                        f"model ({exc.strerror or exc}); make it writable, or download {MODEL_URL} "
+                        f"yourself and pass it with --landmarker-model PATH (or ${ENV_VAR}).") from None
     print(f"Downloading MediaPipe's face landmarker model (3.6 MB) to {dest} ...", flush=True)
     try:
         fetched = pooch.retrieve(MODEL_URL, known_hash=f"sha256:{MODEL_SHA256}", fname=dest.name,
                                  path=dest.parent, progressbar=True)
     except Exception as exc:  # offline, refused, or a checksum mismatch
+        offline = " (this machine seems to be offline)" if "Connection" in type(exc).__name__ else ""
         raise UserError(
-            f"Could not download the face landmarker model ({type(exc).__name__}); download "
-            f"{MODEL_URL} by hand and put it at {dest}, or pass --landmarker-model PATH.") from None
+            f"Could not download the face landmarker model ({type(exc).__name__}{offline}); "
+            f"download {MODEL_URL} by hand and put it at {dest}, or pass --landmarker-model PATH.") \
+            from None
     return Path(fetched)
 
 

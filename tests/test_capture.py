@@ -187,3 +187,37 @@ def test_quitting_while_the_camera_is_unplugged_is_prompt_and_releases_it(monkey
     assert stopped_in < 1.0  # was 2 s: the join timed out while the source slept
     assert not capture._thread.is_alive()
     assert all(cam.released for cam in _UnpluggedCamera.made)
+
+
+def _variable_rate_clip(path):
+    """20 frames 40 ms apart, then 20 frames 200 ms apart (as a phone records a dim scene)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 6, np.uint8), format="bgr24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            t += 40 if i < 20 else 200
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+def test_a_variable_frame_rate_clip_keeps_each_frame_s_own_time(tmp_path):
+    path = _variable_rate_clip(tmp_path / "vfr.mp4")
+    frames = drain(Capture(VideoFileSource(path), realtime=False).start())
+    assert len(frames) == 40
+    assert frames[18].media_time == pytest.approx(0.72, abs=0.002)  # not 18 x the mean period
+    assert frames[-1].media_time == pytest.approx(4.6, abs=0.002)
+    looped = [t for _, t in zip(range(80), VideoFileSource(path, loop=True).timed_frames())]
+    times = [t for _, t in looped]
+    assert all(b > a for a, b in zip(times, times[1:]))  # the second pass follows the first

@@ -119,12 +119,34 @@ def test_a_recording_that_fails_mid_run_is_an_error_not_done(tmp_path, monkeypat
     monkeypatch.setattr(RecorderSink, "_run", full_disk)
     face = tmp_path / "face.png"
     cv2.imwrite(str(face), astronaut)
-    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 12)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 40)
+    stats = tmp_path / "stats.json"
     code = main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
-                 "--no-realtime", "--record", str(tmp_path / "out.mp4")])
+                 "--no-realtime", "--record", str(tmp_path / "out.mp4"), "--stats-json", str(stats)])
     captured = capsys.readouterr()
     assert code == 2 and "Done:" not in captured.out
     assert "failed" in captured.err and "No space left on device" in captured.err
+    # It was the only output: the run stopped there instead of rendering the clip to nowhere.
+    assert "the only output, so the run stops" in captured.err
+    assert json.loads(stats.read_text())["frames_out"] < 10
+
+
+def test_statistics_that_cannot_be_written_do_not_hide_the_run(tmp_path, monkeypatch, capsys, astronaut,
+                                                                landmarker_model):
+    from live_puppet.stats import Stats
+
+    def full_disk(self, path, extra=None):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(Stats, "write_json", full_disk)
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 5)
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--record", str(tmp_path / "out.mp4"),
+                 "--stats-json", str(tmp_path / "stats.json")]) == 0
+    captured = capsys.readouterr()
+    assert "could not write the statistics" in captured.err and "Done: 5 frames" in captured.out
 
 
 def test_a_recording_of_a_25_fps_clip_plays_at_25_fps(tmp_path, astronaut, landmarker_model):
@@ -250,7 +272,10 @@ def test_a_signal_mid_run_leaves_a_playable_recording(sig, tmp_path, landmarker_
                              "--no-preview", "--record", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or out.stat().st_size < 20000):
+    def recorded() -> int:  # the recording is written under a hidden name until it is complete
+        return sum(p.stat().st_size for p in tmp_path.glob(".out.*.recording.mp4"))
+
+    while time.time() < deadline and recorded() < 20000:
         time.sleep(0.2)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=30)
@@ -506,3 +531,15 @@ def test_a_one_frame_run_with_an_unused_checkpoint(tmp_path, astronaut, landmark
     assert "--checkpoint is for the neural engine" in captured.err  # not silently ignored
     done = [line for line in captured.out.splitlines() if line.startswith("Done:")]
     assert done and done[0].startswith("Done: 1 frame out of") and "fps" not in done[0]
+
+
+def test_first_use_with_a_cache_folder_that_cannot_be_made_is_one_sentence(tmp_path, monkeypatch):
+    from live_puppet import tracking
+    from live_puppet.errors import UserError
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.delenv(tracking.ENV_VAR, raising=False)
+    monkeypatch.setattr(tracking, "user_cache_dir", lambda: blocker / "live-puppet")
+    with pytest.raises(UserError, match="Cannot create the folder .* --landmarker-model"):
+        tracking.resolve_landmarker_model()

@@ -128,3 +128,18 @@ def test_content_hash_follows_the_file(tmp_path):
     h1 = content_hash(f)
     f.write_bytes(b"two, longer")
     assert content_hash(f) != h1
+
+
+def test_a_read_only_engine_folder_is_used_as_it_is(tmp_path, monkeypatch):
+    """A shared install: the engines are there, but their use cannot be marked."""
+    import os
+
+    cache, write = EngineCache(tmp_path), Counter()
+    cache.get_or_build("k1", ".onnx", write, read)
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "utime", read_only)
+    out, cached = cache.get_or_build("k1", ".onnx", write, read)
+    assert cached and write.calls == 1

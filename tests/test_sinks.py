@@ -1,3 +1,5 @@
+import os
+
 import av
 import numpy as np
 import pytest
@@ -88,3 +90,24 @@ def test_preview_without_a_display_says_so_instead_of_aborting(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(UserError, match="--no-preview"):
         PreviewSink()
+
+
+def test_a_second_recording_to_the_same_file_is_refused_and_a_failed_one_keeps_the_old(tmp_path):
+    path = tmp_path / "take.mp4"
+    first = RecorderSink(path, (320, 240), 30)
+    other = tmp_path / f".take.{os.getppid()}.recording.mp4"  # a live process recording to it
+    other.write_bytes(b"")
+    with pytest.raises(UserError, match="is recording to"):
+        RecorderSink(path, (320, 240), 30)
+    other.unlink()
+    for i in range(5):
+        first.send(np.full((240, 320, 3), 40 * i, np.uint8), FrameInfo(index=i, media_time=i / 30))
+    first.close()
+    assert path.is_file() and not list(tmp_path.glob(".take.*"))  # moved into place
+    done = path.read_bytes()
+    second = RecorderSink(path, (320, 240), 30)
+    second.error = OSError(28, "No space left on device")  # the disk filled during the take
+    with pytest.raises(Exception):
+        second.send(np.zeros((240, 320, 3), np.uint8), FrameInfo(index=0, media_time=0.0))
+    second.close()
+    assert path.read_bytes() == done  # the earlier take is kept

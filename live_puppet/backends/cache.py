@@ -111,7 +111,10 @@ class EngineCache:
         entry = self.entry(key, suffix)
         problem = self.validate(entry)
         if problem is None:
-            os.utime(entry.sidecar)  # mark as recently used for pruning
+            try:
+                os.utime(entry.sidecar)  # mark as recently used for pruning
+            except OSError:
+                pass  # a read-only engine folder (a shared install) is used as it is
             return entry.path
         if problem != "missing" or entry.sidecar.exists():
             if on_damage:
