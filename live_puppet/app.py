@@ -72,6 +72,7 @@ class App:
         self.stats = Stats()
         self.stop_requested = threading.Event()
         self.interrupted = False  # stopped by Ctrl-C (or SIGTERM/SIGHUP), not by the source's end
+        self.output_failure: str | None = None  # set when the only output failed and the run stopped
         self.sinks: list[Sink] = list(extra_sinks or [])
         self.recorder: RecorderSink | None = None
         self.vcam: VirtualCameraSink | None = None
@@ -339,6 +340,7 @@ class App:
                     warn(f"the {sink.name} output failed ({exc}) and was turned off; the others go on.")
                 else:  # nothing would see the frames: rendering on would be wasted time
                     warn(f"the {sink.name} output failed ({exc}); it was the only output, so the run stops.")
+                    self.output_failure = f"{sink.name}: {exc}"
                     self.stop_requested.set()
 
     def _close_sink(self, sink: Sink) -> None:

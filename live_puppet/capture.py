@@ -192,7 +192,9 @@ class VideoFileSource(Source):
                         if t is not None:
                             first = t if first is None else first
                             t = offset + t - first  # from 0, whatever the container's start
-                            end = t + 1.0 / self.fps
+                            if t < end - 1.0 / self.fps:  # times going back (a joined clip)
+                                t = end
+                            end = max(end, t + 1.0 / self.fps)
                         yield frame.to_ndarray(format="bgr24"), t
                 except av.error.InvalidDataError:  # a damaged tail ends the clip like its end would
                     if not self._damage_told:

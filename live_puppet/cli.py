@@ -6,6 +6,7 @@ Every user error is printed as one line on stderr with exit code 2; never a trac
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
 import math
@@ -265,8 +266,11 @@ def cmd_run(args) -> int:
     if app.recorder is not None and app.recorder.error is not None:
         kept = app.recorder.partial
         what = f"what was recorded is in '{kept}'" if kept.exists() else "nothing was kept"
-        raise UserError(f"The recording '{config.record}' failed ({app.recorder.error}); {what}. "
-                        f"Check the disk's free space and record again.")
+        raise UserError(f"The recording '{config.record}' failed ({app.recorder.error}), so {what}; "
+                        f"check the disk's free space and record again.")
+    if app.output_failure is not None:  # the only output broke: the run stopped early
+        raise UserError(f"The run stopped early because its only output failed ({app.output_failure}); "
+                        f"fix that output, or add another (--record FILE).")
     if stats.frames_out and not stats.frames_with_face:
         warn(f"no face was found in any frame of '{config.source}'; the portrait stayed still.")
     summary = stats.summary()
@@ -275,8 +279,8 @@ def cmd_run(args) -> int:
             f"{summary['frames_dropped']} dropped")
     if out >= 2:  # a rate needs two frames
         line += f", {summary['fps']:.1f} fps"
-    if config.record:
-        line += f"; recording: {config.record}"
+    if app.recorder is not None:
+        line += f"; recording: {config.record}" if app.recorder.written else "; nothing was recorded"
     print(line, flush=True)
     return 0
 
@@ -302,14 +306,18 @@ def main(argv: list[str] | None = None) -> int:
         print("live-puppet: interrupted.", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:  # stdout's reader went away (`| head`): nothing more to say to it
+        if args.debug:
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a bug: one line unless --debug
         if args.debug:
             raise
         if isinstance(exc, OSError) and exc.filename is not None:  # the system refused a path
-            print(f"live-puppet: error: cannot use '{exc.filename}' ({exc.strerror or exc}); check "
-                  f"the path and its permissions.", file=sys.stderr, flush=True)
+            names = " or ".join(f"'{n}'" for n in (exc.filename, exc.filename2) if n is not None)
+            todo = "free some space" if exc.errno == errno.ENOSPC else "check the path and its permissions"
+            print(f"live-puppet: error: cannot use {names} ({exc.strerror or exc}); {todo}.",
+                  file=sys.stderr, flush=True)
             return 2
         print(f"live-puppet: unexpected error: {type(exc).__name__}: {exc} (run with --debug "
               f"for details and please report it)", file=sys.stderr, flush=True)

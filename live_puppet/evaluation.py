@@ -493,6 +493,9 @@ class SideBySide:
 
     def close(self) -> None:
         self._recorder.close()
+        if not self._recorder.written:
+            raise RuntimeError(f"the side-by-side video '{self.path}' was not written "
+                               f"({self._recorder.error or 'no frame came'})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,6 +574,8 @@ class EvalSink(Sink):
         try:
             if self.video is not None:
                 self.video.close()
+        except Exception as exc:  # kept for run_eval_task to report (the app would only warn)
+            self.error = self.error or exc
         finally:
             self.scorer.close()
 
@@ -1001,6 +1006,9 @@ def bench_worker(spec: BenchSpec, out_json: Path) -> int:
             app = App(bench_config(spec, record))
             app.run()
             canvas = list(app.portrait.size)
+            if app.recorder is not None and app.recorder.error is not None:  # a cut-short run
+                raise UserError(f"The benchmark's recording failed ({app.recorder.error}); free "
+                                f"some space in the temporary folder, or pass --no-record.")
     except UserError as err:
         out_json.write_text(json.dumps({"user_error": str(err)}))
         return err.exit_code

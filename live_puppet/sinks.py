@@ -217,8 +217,9 @@ class RecorderSink(Sink):
     and writes the file's index, so the recording is playable after any exit.
 
     The file is written under a hidden name beside `path` (`.NAME.PID.recording.mp4`) and moved
-    into place when complete: a run that fails keeps an earlier recording of that name, and a
-    second run recording to the same name while this one does is refused.
+    into place when complete: a run that fails keeps an earlier recording of that name. While it
+    records, it holds a lock on `.NAME.lock` (released by the system however the process ends),
+    and a second recorder of the same name is refused (POSIX systems; elsewhere not checked).
     """
 
     def __init__(self, path: Path, size: tuple[int, int], fps: float, crf: int = 20):
@@ -230,14 +231,11 @@ class RecorderSink(Sink):
                             f"does not exist; create it or choose another path.")
         self.rate = Fraction(fps).limit_denominator(1001)
         self.partial = self.path.with_name(f".{self.path.stem}.{os.getpid()}.recording{self.path.suffix}")
-        for other in self.path.parent.glob(f".{self.path.stem}.*.recording{self.path.suffix}"):
-            pid = other.name[len(self.path.stem) + 2:-len(f".recording{self.path.suffix}")]
-            if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
-                raise UserError(f"Another run (process {pid}) is recording to '{self.path}' right "
-                                f"now; choose another --record file.")
+        self._lock = _lock_recording(self.path)
         try:
             self.container = av.open(str(self.partial), mode="w")
         except Exception as exc:
+            self._unlock()
             raise UserError(f"Cannot write the recording '{self.path}' ({exc}); choose a writable "
                             f"path ending in .mp4 or .mkv.") from None
         self.stream = self.container.add_stream("libx264", rate=self.rate)
@@ -272,7 +270,7 @@ class RecorderSink(Sink):
 
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
         if self.error is not None:
-            raise RuntimeError(f"recording failed: {self.error}")
+            raise RuntimeError(str(self.error))
         seconds = info.media_time if info.media_time is not None else info.index / float(self.rate)
         self._queue.put((image, seconds))
 
@@ -285,19 +283,49 @@ class RecorderSink(Sink):
                     self.container.mux(packet)
             finally:
                 self.container.close()  # writes the index
-        except Exception as exc:  # disk full, ...: the run reports it (what was written stays
-            self.error = self.error or exc  # in self.partial)
+            if self.error is None and self.partial.exists():  # (no frame came: no file was made)
+                try:
+                    os.replace(self.partial, self.path)
+                except OSError as exc:
+                    self.error = exc  # what was recorded stays in self.partial
+                    raise
+        except Exception as exc:  # disk full, ...: the run reports it
+            self.error = self.error or exc
             raise
-        if self.error is None:
-            os.replace(self.partial, self.path)
+        finally:
+            self._unlock()
+
+    @property
+    def written(self) -> bool:
+        """Whether the recording exists under its name (some frames came, and all went well)."""
+        return self.error is None and self.path.is_file() and not self.partial.exists()
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            try:
+                os.unlink(lock.name)  # no litter beside the recording
+            except OSError:
+                pass
+            lock.close()
 
 
-def _running(pid: int) -> bool:
-    """Whether a process of that id exists (one that has ended leaves its .recording file)."""
+def _lock_recording(path: Path):
+    """An open lock file held exclusively while `path` is being recorded; UserError when another
+    process holds it. None where the system has no flock."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
+        import fcntl
+    except ImportError:
+        return None
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        lock = open(lock_path, "a")
     except OSError:
-        return True  # it exists, owned by someone else
-    return True
+        return None  # the folder's writability is checked elsewhere
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise UserError(f"Another run is recording to '{path}' right now; choose another file "
+                        f"name.") from None
+    return lock

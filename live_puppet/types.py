@@ -21,7 +21,7 @@ class Frame:
     timestamp: float  # capture time, time.perf_counter() seconds
     index: int  # 0-based position in the source
     fps: float = 30.0  # the source's nominal rate
-    media_time: float = 0.0  # seconds into the stream: index / fps for files, capture clock for cameras
+    media_time: float = 0.0  # seconds into the stream: a file's own frame times, capture clock for cameras
     mirrored: bool = False  # flipped left-right at capture (hotkey m)
 
 

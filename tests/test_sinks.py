@@ -95,11 +95,8 @@ def test_preview_without_a_display_says_so_instead_of_aborting(monkeypatch):
 def test_a_second_recording_to_the_same_file_is_refused_and_a_failed_one_keeps_the_old(tmp_path):
     path = tmp_path / "take.mp4"
     first = RecorderSink(path, (320, 240), 30)
-    other = tmp_path / f".take.{os.getppid()}.recording.mp4"  # a live process recording to it
-    other.write_bytes(b"")
-    with pytest.raises(UserError, match="is recording to"):
+    with pytest.raises(UserError, match="is recording to"):  # while `first` records (its lock)
         RecorderSink(path, (320, 240), 30)
-    other.unlink()
     for i in range(5):
         first.send(np.full((240, 320, 3), 40 * i, np.uint8), FrameInfo(index=i, media_time=i / 30))
     first.close()
@@ -107,7 +104,27 @@ def test_a_second_recording_to_the_same_file_is_refused_and_a_failed_one_keeps_t
     done = path.read_bytes()
     second = RecorderSink(path, (320, 240), 30)
     second.error = OSError(28, "No space left on device")  # the disk filled during the take
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="No space left"):
         second.send(np.zeros((240, 320, 3), np.uint8), FrameInfo(index=0, media_time=0.0))
     second.close()
-    assert path.read_bytes() == done  # the earlier take is kept
+    assert path.read_bytes() == done and not second.written  # the earlier take is kept
+
+
+def test_a_recording_that_got_no_frame_closes_quietly_and_writes_nothing(tmp_path):
+    rec = RecorderSink(tmp_path / "empty.mp4", (320, 240), 30)
+    rec.close()  # e.g. Ctrl-C while the camera was unplugged
+    assert not rec.written and rec.error is None and not (tmp_path / "empty.mp4").exists()
+
+
+def test_a_recording_that_cannot_be_moved_into_place_is_an_error_not_a_success(tmp_path, monkeypatch):
+    """E.g. the earlier take is open in a player on Windows: the frames stay in the hidden file."""
+    rec = RecorderSink(tmp_path / "take.mp4", (320, 240), 30)
+    rec.send(np.zeros((240, 320, 3), np.uint8), FrameInfo(index=0, media_time=0.0))
+
+    def refused(src, dst):
+        raise PermissionError(13, "Permission denied", str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(PermissionError):
+        rec.close()
+    assert not rec.written and rec.error is not None and rec.partial.is_file()
