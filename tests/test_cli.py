@@ -543,3 +543,38 @@ def test_first_use_with_a_cache_folder_that_cannot_be_made_is_one_sentence(tmp_p
     monkeypatch.setattr(tracking, "user_cache_dir", lambda: blocker / "live-puppet")
     with pytest.raises(UserError, match="Cannot create the folder .* --landmarker-model"):
         tracking.resolve_landmarker_model()
+
+
+def test_when_the_only_output_fails_the_run_stops_and_says_so(tmp_path, astronaut, landmarker_model, capsys):
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.sinks import Sink
+
+    class BrokenCamera(Sink):
+        name = "camera"
+
+        def send(self, image, info):
+            raise OSError("the device went away")
+
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 40)
+    app = App(RunConfig(portrait=face, source=str(clip), realtime=False, vcam=False, preview=False),
+              extra_sinks=[BrokenCamera()])
+    stats = app.run()
+    assert app.output_failure == "camera: the device went away"
+    assert stats.frames_out < 10  # not the whole clip rendered to nowhere
+    assert "it was the only output, so the run stops" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path, astronaut):
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 3)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_live.py"), "--portrait", str(face), "--source",
+                             str(clip), "--no-vcam", "--no-preview", "--no-realtime"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.close()  # as `| head -0` would
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr and "unexpected error" not in stderr

@@ -192,7 +192,8 @@ class PortraitEngineBuilder:
         backend = self.backend
         steps = ["embedding + folding", f"compiling ({self.backend_name})", "loading"]
         bar = tqdm(total=len(steps), desc=f"neural engine '{portrait.name}'", unit="step",
-                   disable=not self.progress, file=sys.stderr, leave=False)
+                   disable=None if self.progress else True,  # (None: on a terminal only)
+                   file=sys.stderr, leave=False)
         state = {"module": None}
 
         def folded():
