@@ -260,7 +260,8 @@ def cmd_run(args) -> int:
     finally:
         if config.stats_json:
             try:
-                app.stats.write_json(config.stats_json, {"engine": config.engine, "source": config.source})
+                app.stats.write_json(config.stats_json, {"engine": config.engine, "source": config.source,
+                                                         "interrupted": app.interrupted})
             except OSError as exc:  # (a full disk: the run's own outcome is reported, not this)
                 warn(f"could not write the statistics to '{config.stats_json}' ({exc.strerror or exc}).")
     if app.recorder is not None and app.recorder.error is not None:
@@ -275,7 +276,9 @@ def cmd_run(args) -> int:
         warn(f"no face was found in any frame of '{config.source}'; the portrait stayed still.")
     summary = stats.summary()
     out = summary["frames_out"]
-    line = (f"Done: {out} frame{'' if out == 1 else 's'} out of {summary['frames_in']} in, "
+    stopped = " (stopped by a signal before the source's end)" if app.interrupted and not \
+        app.source.is_live else ""
+    line = (f"Done{stopped}: {out} frame{'' if out == 1 else 's'} out of {summary['frames_in']} in, "
             f"{summary['frames_dropped']} dropped")
     if out >= 2:  # a rate needs two frames
         line += f", {summary['fps']:.1f} fps"

@@ -271,16 +271,17 @@ def test_a_signal_mid_run_leaves_a_playable_recording(sig, tmp_path, landmarker_
                              "--source", str(clip), "--realtime", "--loop", "--no-vcam",
                              "--no-preview", "--record", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 60
     def recorded() -> int:  # the recording is written under a hidden name until it is complete
         return sum(p.stat().st_size for p in tmp_path.glob(".out.*.recording.mp4"))
 
+    deadline = time.time() + 60
     while time.time() < deadline and recorded() < 20000:
         time.sleep(0.2)
     proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=30)
+    stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
+    assert "Done (stopped by a signal before the source's end)" in stdout  # not taken for a whole run
     codec, n = count_frames(out)
     assert codec == "h264" and n > 5
 
