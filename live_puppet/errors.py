@@ -1,6 +1,7 @@
 """The one error type the user sees: a sentence saying what is wrong and what to do; and the
 lines (notes, warnings) printed while the program goes on."""
 
+import os
 import sys
 
 
@@ -13,6 +14,24 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # (read at import, before any thread could create a file meanwhile)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def usual_permissions(path) -> None:
+    """Give a file written through a temporary one (made 0600 by mkstemp or safetensors) the mode
+    a plain new file gets, so that a shared engines/ folder or a checkpoint sent on works."""
+    try:
+        os.chmod(path, 0o666 & ~_UMASK)
+    except OSError:
+        pass
 
 
 def say(message: str, file=None) -> None:

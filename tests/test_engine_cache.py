@@ -143,3 +143,15 @@ def test_a_read_only_engine_folder_is_used_as_it_is(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "utime", read_only)
     out, cached = cache.get_or_build("k1", ".onnx", write, read)
     assert cached and write.calls == 1
+
+
+def test_engines_and_their_sidecars_get_a_plain_file_s_permissions(tmp_path):
+    """mkstemp makes 0600 files: a shared engines/ folder would work for their owner only."""
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    cache, write = EngineCache(tmp_path), Counter()
+    cache.get_or_build("k1", ".onnx", write, read)
+    for f in (tmp_path / "k1.onnx", next(tmp_path.glob("k1.*json*"))):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -593,3 +593,12 @@ def test_an_error_before_the_first_step_saves_no_untrained_model(tmp_path, monke
 def test_holdout_on_a_folder_of_raw_videos_still_says_to_prepare_them(tmp_path):
     (tmp_path / "talk.mp4").write_bytes(b"a video")
     assert_one_line_user_error(lambda: PreparedDataset(tmp_path, exclude=("x",)), "holds videos")
+
+
+def test_a_checkpoint_gets_a_plain_file_s_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = save_checkpoint(tmp_path / "ck.safetensors", tiny_meta_checkpoint())
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # safetensors writes 0600

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from live_puppet.errors import writable_folder
+from live_puppet.errors import usual_permissions, writable_folder
 
 T = TypeVar("T")
 
@@ -72,6 +72,7 @@ def _atomic_write_text(dest: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -142,6 +143,7 @@ class EngineCache:
             info = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp), "key": key,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
             entry.sidecar.unlink(missing_ok=True)  # never a valid sidecar beside a changing file
+            usual_permissions(tmp)
             os.replace(tmp, entry.path)
             _atomic_write_text(entry.sidecar, json.dumps(info, indent=1, sort_keys=True, default=str))
         finally:

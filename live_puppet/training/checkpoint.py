@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, usual_permissions
 from live_puppet.model import Discriminator, Embedder, Generator, ModelConfig
 from live_puppet.model.losses import VGGFeatures
 
@@ -92,6 +92,7 @@ def save_checkpoint(path: str | os.PathLike, ck: Checkpoint) -> Path:
         with interrupt_deferred():
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file(tensors, str(tmp), metadata=meta)
+            usual_permissions(tmp)
             os.replace(tmp, path)
     except (OSError, SafetensorError) as exc:
         _remove(tmp)
