@@ -865,8 +865,7 @@ class EvalReport:
 def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
     """Every clip readable and every portrait usable (a face found), before the first pair runs:
     one bad file found half-way would throw away the scores of the pairs before it."""
-    from live_puppet.portrait import load_portrait
-    from live_puppet.tracking import Tracker, resolve_landmarker_model
+    from live_puppet.portrait import check_portraits
 
     for clip in dict.fromkeys(t.driving for t in tasks):
         probe_clip(clip)
@@ -879,9 +878,7 @@ def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
         load_checkpoint(options.checkpoint)
     portraits = list(dict.fromkeys(t.portrait for t in tasks if t.portrait is not None))
     if portraits:
-        with Tracker(resolve_landmarker_model(options.landmarker_model), mode="image", num_faces=4) as tracker:
-            for path in portraits:
-                load_portrait(path, tracker, options.size, options.max_side)
+        check_portraits(portraits, options.landmarker_model, options.size, [options.max_side])
 
 
 def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,

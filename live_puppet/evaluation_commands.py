@@ -130,17 +130,6 @@ def bench_frames(text: str) -> int:
     return frames
 
 
-def _check_portrait_sizes(args: argparse.Namespace) -> None:
-    """The portrait's face usable at every canvas benchmarked, before any worker starts."""
-    from live_puppet.portrait import load_portrait
-    from live_puppet.tracking import Tracker, resolve_landmarker_model
-
-    with Tracker(resolve_landmarker_model(args.landmarker_model), mode="image", num_faces=4) as tracker:
-        for side in args.sizes or [args.max_side]:
-            load_portrait(args.portrait, tracker, args.size, side,
-                          canvas_flag="--sizes" if args.sizes else None)
-
-
 def _resolved(path: Path | None) -> str | None:
     """An absolute path for a worker process (None stays None: the worker's default)."""
     return str(path.resolve()) if path is not None else None
@@ -267,7 +256,10 @@ def bench_handler(args: argparse.Namespace) -> int:
     if neural and not (args.model_config or args.checkpoint):
         raise UserError("bench --engine neural needs --checkpoint CK, or --model-config "
                         "small,paper to measure random weights of those configs.")
-    _check_portrait_sizes(args)
+    from live_puppet.portrait import check_portraits
+
+    check_portraits([args.portrait], args.landmarker_model, args.size, args.sizes or [args.max_side],
+                    canvas_flag="--sizes" if args.sizes else None)  # before any worker starts
     if neural and "onnxruntime-int8" in backends:  # speed does not depend on which sketches calibrate
         from live_puppet.backends.calibration import ensure_calibration_set
 

@@ -143,6 +143,18 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
                     f"larger image or crop it closer around the face (at least {MIN_FACE_PX} px).")
 
 
+def check_portraits(paths, landmarker_model, size: tuple[int, int] | None, sides,
+                    canvas_flag: str | None = None) -> None:
+    """Each portrait usable (a face found, big enough) at each canvas long side: UserError, before
+    a long job starts, rather than half-way through it."""
+    from live_puppet.tracking import Tracker, resolve_landmarker_model
+
+    with Tracker(resolve_landmarker_model(landmarker_model), mode="image", num_faces=4) as tracker:
+        for path in paths:
+            for side in sides:
+                load_portrait(path, tracker, size, side, canvas_flag=canvas_flag)
+
+
 def list_portraits(path: Path) -> list[Path]:
     """A file, or the images of a folder sorted by name."""
     path = Path(path).expanduser()
