@@ -26,6 +26,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # what counts as a video in a folder
 
 
+def upright(image: np.ndarray, rotation: float | None) -> np.ndarray:
+    """A decoded video picture turned as its display matrix says (PyAV's `VideoFrame.rotation`:
+    degrees counter-clockwise), as players and OpenCV show it. A phone filming upright stores
+    sideways pictures and this rotation; read as stored, the face lies on its side and is not found.
+    """
+    turns = round((rotation or 0) / 90.0) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
 def natural_order(path: Path) -> list:
     """Sort key: numbers by value, so frame2.png comes before frame10.png."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
@@ -195,7 +204,7 @@ class VideoFileSource(Source):
                             if t < end - 1.0 / self.fps:  # times going back (a joined clip)
                                 t = end
                             end = max(end, t + 1.0 / self.fps)
-                        yield frame.to_ndarray(format="bgr24"), t
+                        yield upright(frame.to_ndarray(format="bgr24"), frame.rotation), t
                 except av.error.InvalidDataError:  # a damaged tail ends the clip like its end would
                     if not self._damage_told:
                         warn(f"'{self.path.name}' is damaged after frame {decoded}; the clip ends there.")

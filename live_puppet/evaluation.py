@@ -36,7 +36,7 @@ import numpy as np
 
 from live_puppet import face_mesh as fm
 from live_puppet.calibration import euler_angles
-from live_puppet.capture import VIDEO_SUFFIXES
+from live_puppet.capture import VIDEO_SUFFIXES, upright
 from live_puppet.errors import UserError
 from live_puppet.sinks import FrameInfo, RecorderSink, Sink
 from live_puppet.types import FaceState
@@ -609,7 +609,8 @@ def probe_clip(path: Path) -> ClipInfo:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.base_rate or 30)
-            first = next(container.decode(stream)).to_ndarray(format="bgr24")
+            frame = next(container.decode(stream))
+            first = upright(frame.to_ndarray(format="bgr24"), frame.rotation)
         frames = 0
         with av.open(str(path)) as container:
             for packet in container.demux(video=0):

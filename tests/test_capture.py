@@ -221,3 +221,40 @@ def test_a_variable_frame_rate_clip_keeps_each_frame_s_own_time(tmp_path):
     looped = [t for _, t in zip(range(80), VideoFileSource(path, loop=True).timed_frames())]
     times = [t for _, t in looped]
     assert all(b > a for a, b in zip(times, times[1:]))  # the second pass follows the first
+
+
+def _phone_clip(path, upright_picture, rotation):
+    """A clip as a phone films upright: pictures stored turned, with a display matrix that says how
+    to turn them back (PyAV's rotation: degrees counter-clockwise)."""
+    import av
+
+    stored = np.ascontiguousarray(np.rot90(upright_picture, -round(rotation / 90)))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height = stored.shape[1], stored.shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(rotation)
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("rotation", [-90, 90, 180])
+def test_a_phone_clip_is_shown_upright_as_players_show_it(tmp_path, rotation):
+    from skimage import data
+
+    from live_puppet.evaluation import probe_clip
+
+    picture = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[:, 64:448]  # 512 high, 384 wide
+    path = _phone_clip(tmp_path / "phone.mp4", picture, rotation)
+    frames = list(VideoFileSource(path).frames())
+    assert len(frames) == 3 and frames[0].shape == picture.shape
+    assert np.abs(frames[0].astype(int) - picture).mean() < 8  # the face stands up, not on its side
+    # OpenCV applies the display matrix too: both decoders agree on which way is up.
+    ok, seen_by_opencv = cv2.VideoCapture(str(path)).read()
+    assert ok and np.abs(seen_by_opencv.astype(int) - frames[0]).mean() < 2
+    info = probe_clip(path)
+    assert (info.width, info.height) == (384, 512) and info.first_frame.shape == picture.shape
