@@ -3,7 +3,10 @@
 
 import sys
 
-from live_puppet.cli import main
+try:
+    from live_puppet.cli import main
+except KeyboardInterrupt:  # Ctrl-C while starting up: no traceback
+    sys.exit(130)
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

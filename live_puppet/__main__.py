@@ -2,6 +2,9 @@
 
 import sys
 
-from live_puppet.cli import main
+try:
+    from live_puppet.cli import main
+except KeyboardInterrupt:  # Ctrl-C while starting up: no traceback
+    sys.exit(130)
 
 sys.exit(main())
