@@ -14,6 +14,12 @@ from live_puppet.types import FaceState, Portrait
 
 MIN_FACE_PX = 48  # a face smaller than this (landmark box, canvas pixels) cannot be animated well
 MIN_WINDOW_PX = 128  # the smallest window a picture is searched in for a small face
+# MediaPipe can draw a painted eye's upper lid across its iris (Girl with a Pearl Earring's far eye:
+# a lid point 0.72 iris radii below the iris's top). A blink then carries the iris's top down with
+# the lid: a dark ring in the shut lid. Elsewhere (the ../shared portraits and clips) the upper lid
+# lies at most 0.40 radii below the iris's top.
+LID_IRIS_OVERLAP_WRONG = 0.45  # an upper-lid point deeper in the iris than this (radii): lid misplaced
+LID_IRIS_OVERLAP = 0.15  # ... then that lid's points are lifted to this depth at most
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -115,6 +121,33 @@ def find_face(tracker, image: np.ndarray) -> FaceState | None:
     return None
 
 
+def lift_lids_off_iris(face: FaceState) -> FaceState:
+    """The face with an upper lid drawn across its iris (a point deeper than LID_IRIS_OVERLAP_WRONG
+    inside the iris circle of MediaPipe's iris landmarks) lifted to LID_IRIS_OVERLAP at most, depth
+    measured across the eye line (a tilted head too)."""
+    from live_puppet import face_mesh as fm
+
+    landmarks = face.landmarks.copy()
+    xy = landmarks[:, :2].astype(np.float64)
+    across = xy[263] - xy[33]
+    across /= np.linalg.norm(across) + 1e-9
+    down = np.array([-across[1], across[0]])  # the face's down, in image axes
+    for upper, _, _, iris in fm.LID_PAIRS.values():
+        centre = xy[iris[0]]
+        radius = float(np.mean(np.linalg.norm(xy[iris[1:]] - centre, axis=1)))
+        a, b = (xy[upper] - centre) @ across, (xy[upper] - centre) @ down
+        inside = np.abs(a) < radius
+        top = -np.sqrt(np.maximum(radius ** 2 - a ** 2, 0.0))
+        if not (inside & (b > top + LID_IRIS_OVERLAP_WRONG * radius)).any():
+            continue
+        deepest = top + LID_IRIS_OVERLAP * radius
+        lift = inside & (b > deepest)
+        if lift.any():
+            landmarks[upper[lift], :2] = (centre + np.outer(a[lift], across)
+                                          + np.outer(deepest[lift], down))
+    return replace(face, landmarks=landmarks)
+
+
 def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
                   max_side: int = 1024, canvas_flag: str | None = None) -> Portrait:
     """Read a portrait, fit it to the canvas and find its largest face (tracker in image mode).
@@ -125,7 +158,7 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
     image = fit_canvas(original, size, max_side)
     face = find_face(tracker, image)
     if face is not None and face.face_size() >= MIN_FACE_PX:
-        return Portrait(name=path.stem, path=path, image=image, face=face)
+        return Portrait(name=path.stem, path=path, image=image, face=lift_lids_off_iris(face))
     # Lost, or made too small, by shrinking the picture to the canvas? Then a bigger canvas helps.
     scale = canvas_scale(original, size, max_side)
     full = find_face(tracker, original) if scale < 1.0 else None
