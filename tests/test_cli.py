@@ -491,6 +491,7 @@ def test_train_given_raw_videos_or_a_broken_prepared_clip_says_what_to_do(tmp_pa
     (videos / "talk.mp4").write_bytes(clip.read_bytes())
     raw = run_command("train", "--data", str(videos), "--out", str(tmp_path / "run"), "--steps", "1")
     assert_one_clear_line(raw, f"prepare them first with `live-puppet prepare {videos} videos-prepared`")
+    assert not (tmp_path / "run").exists()  # no empty run folder left behind by the mistake
     broken = tmp_path / "prepared" / "talk"
     broken.mkdir(parents=True)
     (broken / "meta.json").write_text('{"clip": "talk", "size"')  # damaged on disk

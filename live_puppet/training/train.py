@@ -15,6 +15,7 @@ RUN_DIR gets: last.safetensors (resumed from when present), losses.csv, losses.p
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -272,9 +273,16 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
-    run_dir = writable_folder(opts.out, "the training run", "--out")
+    created = not Path(opts.out).exists()
+    run_dir = writable_folder(opts.out, "the training run", "--out")  # before the data: says sooner
     last = run_dir / "last.safetensors"
-    dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
+    try:
+        dataset = PreparedDataset(Path(opts.data), exclude=tuple(opts.holdout))
+    except UserError:
+        if created:  # a mistyped --data leaves no empty run folder behind
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
     resumed = last.is_file()
     if resumed:
         try:
