@@ -285,7 +285,8 @@ def cmd_run(args) -> int:
     if app.recorder is not None:
         line += f"; recording: {config.record}" if app.recorder.written else "; nothing was recorded"
     print(line, flush=True)
-    return 0
+    # A camera run ends this way; a file stopped before its end did not finish (`&& next-step`).
+    return 130 if stopped else 0
 
 
 def main(argv: list[str] | None = None) -> int:
