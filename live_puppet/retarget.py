@@ -95,6 +95,8 @@ class RetargetSettings:
     smoothing_min_cutoff: float = 30.0  # 1€ filter on driver landmarks (Hz); lower = smoother
     expressive_min_cutoff: float = 100.0  # the same for lids, lips, irises and jaw (blinks are fast)
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
+    hold_seconds: float = 0.3  # a face lost this long or less keeps its last pose (a blur, a hand)
+    ease_seconds: float = 0.5  # ... after which the portrait eases back to its rest pose over this
 
 
 # The points each feature gain is centred on.
@@ -159,6 +161,17 @@ def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction:
     landmarks[iris, 1] = mid_y + min(fraction, 1.0) * (landmarks[iris, 1] - mid_y)
 
 
+def eased_to_rest(target: Target, rest: np.ndarray, weight: float) -> Target:
+    """`target` moved towards the portrait's rest pose: weight 1 is the target, 0 the rest pose."""
+    rvec, _ = cv2.Rodrigues(target.rotation.astype(np.float64))
+    rotation, _ = cv2.Rodrigues(rvec * weight)
+    rest = np.asarray(rest, np.float32)
+    return Target(landmarks=rest + weight * (target.landmarks - rest),
+                  rotation=rotation.astype(np.float32), scale=1.0 + weight * (target.scale - 1.0),
+                  translation=target.translation * weight, center=target.center,
+                  blendshapes=target.blendshapes)
+
+
 class Retargeter:
     """Turns the driver's FaceState into a Target for the current portrait.
 
@@ -182,6 +195,7 @@ class Retargeter:
         self._p_center = np.zeros(3)
         self._p_size = 1.0
         self._p_rotation = np.eye(3)
+        self._held: tuple[Target, float] | None = None  # the last target and its time
 
     # -- neutral -------------------------------------------------------------------------------
     def retake_neutral(self) -> None:
@@ -195,6 +209,7 @@ class Retargeter:
         self._retake.clear()
         self.neutral = None
         self.stored_shape = None
+        self._held = None
         self._picker.reset()
         self._filter.reset()
 
@@ -224,6 +239,7 @@ class Retargeter:
         if self._portrait_id == id(portrait):
             return
         self._portrait_id = id(portrait)
+        self._held = None  # another portrait's pose
         self._p_center, self._p_size = rigid_frame(portrait.face.landmarks)
         self._p_rotation = matrix_rotation(portrait.face.matrix)
         self._p_open = {eye: eye_openness(portrait.face.landmarks, eye) for eye in fm.LID_PAIRS}
@@ -252,7 +268,9 @@ class Retargeter:
         if self._retake.is_set():
             self._forget_neutral()
         self._use_portrait(portrait)
-        if face is None or not self._update_neutral(face):
+        if face is None:
+            return self._without_face(portrait, timestamp)
+        if not self._update_neutral(face):
             return None
         s = self.settings
         n = self.neutral
@@ -294,6 +312,25 @@ class Retargeter:
 
         center = self._p_center
         landmarks = center + scale * (base - center) @ turn.T + move
-        return Target(landmarks=landmarks.astype(np.float32), rotation=turn.astype(np.float32),
-                      scale=scale, translation=move.astype(np.float32),
-                      center=center.astype(np.float32), blendshapes=dict(face.blendshapes))
+        target = Target(landmarks=landmarks.astype(np.float32), rotation=turn.astype(np.float32),
+                        scale=scale, translation=move.astype(np.float32),
+                        center=center.astype(np.float32), blendshapes=dict(face.blendshapes))
+        self._held = (target, timestamp)
+        return target
+
+    def _without_face(self, portrait: Portrait, timestamp: float) -> Target | None:
+        """No face in this frame: the last pose held for `hold_seconds` (a frame blurred by fast
+        motion, a hand passing: the portrait snapped to its rest pose and back), then eased to the
+        rest pose over `ease_seconds` (the driver left); None once there."""
+        if self._held is None:
+            return None
+        target, seen = self._held
+        s = self.settings
+        gone = timestamp - seen
+        if gone <= s.hold_seconds:
+            return target
+        weight = 1.0 - (gone - s.hold_seconds) / max(s.ease_seconds, 1e-6)
+        if weight <= 0.0:
+            self._held = None
+            return None
+        return eased_to_rest(target, portrait.face.landmarks, weight)

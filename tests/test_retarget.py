@@ -347,3 +347,29 @@ def test_squeezed_cheek_points_are_smoothed_so_the_mesh_does_not_fold(astronaut_
     assert before > 50 and after < before / 2
     shift = np.tile([3.0, -2.0, 0.5], (478, 1))  # the whole face moving together
     assert np.allclose(smooth_soft_tissue(shift, 2), shift)
+
+
+def test_a_face_lost_for_a_moment_keeps_its_pose_then_eases_back_to_rest(astronaut_portrait):
+    # A frame blurred by fast motion has no face: the portrait snapped to its rest pose and back.
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy()
+    c = neutral.mean(0)
+    turned = (neutral - c) @ rot(20).T + c
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    posed = rt(face_from(turned, rot(20)), astronaut_portrait, 1.0)
+    rest = astronaut_portrait.face.landmarks
+
+    def away(t):  # how far from the rest pose, as a share of the pose's
+        target = rt(None, astronaut_portrait, t)
+        if target is None:
+            return 0.0
+        return np.abs(target.landmarks - rest).mean() / np.abs(posed.landmarks - rest).mean()
+
+    s = rt.settings
+    assert away(1.0 + 1 / 30) == pytest.approx(1.0)  # one frame without a face: held
+    assert away(1.0 + s.hold_seconds) == pytest.approx(1.0)
+    halfway = away(1.0 + s.hold_seconds + s.ease_seconds / 2)
+    assert 0.3 < halfway < 0.7  # easing back
+    assert away(1.0 + s.hold_seconds + s.ease_seconds + 0.01) == 0.0  # at rest: the driver left
+    again = rt(face_from(turned, rot(20)), astronaut_portrait, 3.0)  # back: posed at once
+    assert np.abs(again.landmarks - posed.landmarks).max() < 1e-3
