@@ -114,17 +114,23 @@ class CameraSource(Source):
     def frames(self) -> Iterator[np.ndarray]:
         """The camera's frames; the thread running this owns the device and releases it at the end."""
         wait = 0.25
+        lost_at: float | None = None  # when it stopped delivering (None: it delivers)
         try:
             while not self._stop.is_set():
                 ok, image = self._cap.read() if self._cap is not None else (False, None)
                 if ok:
+                    if lost_at is not None:
+                        warn(f"{self.description} is back after {time.monotonic() - lost_at:.1f} s.")
+                        lost_at = None
                     wait = 0.25
                     yield image
                     continue
                 # The camera stopped delivering (unplugged, taken by another program): reopen,
-                # backing off.
-                print(f"live-puppet: {self.description} stopped delivering frames; reopening in "
-                      f"{wait:.1f} s.", flush=True)
+                # backing off (said once, not at every try).
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    warn(f"{self.description} stopped delivering frames; trying to reopen it (up "
+                         f"to every {self.max_reopen_wait:g} s) until it is back or you quit.")
                 self._release()
                 if self._stop.wait(wait):
                     break  # asked to stop while waiting: do not open the camera again

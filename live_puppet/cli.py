@@ -277,7 +277,7 @@ def cmd_run(args) -> int:
     summary = stats.summary()
     out = summary["frames_out"]
     stopped = " (stopped by a signal before the source's end)" if app.interrupted and not \
-        app.source.is_live else ""
+        app.source.is_live and not config.loop else ""
     line = (f"Done{stopped}: {out} frame{'' if out == 1 else 's'} out of {summary['frames_in']} in, "
             f"{summary['frames_dropped']} dropped")
     if out >= 2:  # a rate needs two frames
@@ -285,7 +285,7 @@ def cmd_run(args) -> int:
     if app.recorder is not None:
         line += f"; recording: {config.record}" if app.recorder.written else "; nothing was recorded"
     print(line, flush=True)
-    # A camera run ends this way; a file stopped before its end did not finish (`&& next-step`).
+    # A camera or --loop run ends this way; a file stopped before its end did not finish.
     return 130 if stopped else 0
 
 

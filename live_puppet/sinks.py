@@ -10,6 +10,7 @@ import os
 import platform
 import queue
 import sys
+import time
 import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -184,7 +185,9 @@ class PreviewSink(Sink):
 @register_sink("progress")
 class ProgressSink(Sink):
     """A progress bar (tqdm) for runs with no window to watch: the source's frames gone by, of
-    how many, and the rate. On stderr it shows only on a terminal (logs and pipes stay clean)."""
+    how many, and the rate. When frames are dropped (realtime) the frames drawn and their rate are
+    shown beside it: the bar's own rate is the source's. On stderr it shows only on a terminal
+    (logs and pipes stay clean)."""
 
     name = "progress"
     delivers = False
@@ -194,8 +197,16 @@ class ProgressSink(Sink):
 
         self.bar = tqdm(total=total, desc=description, unit="frame", dynamic_ncols=True,
                         file=file or sys.stderr, disable=None if file is None else False)
+        self.drawn = 0
+        self._first: float | None = None
 
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
+        now = time.perf_counter()
+        self._first = self._first or now
+        self.drawn += 1
+        if self.drawn < info.index + 1:  # frames were dropped on the way
+            rate = (self.drawn - 1) / (now - self._first) if now > self._first else 0.0
+            self.bar.set_postfix_str(f"drawn {self.drawn} ({rate:.1f}/s)", refresh=False)
         self.bar.update(info.index + 1 - self.bar.n)  # source frames gone by, also those dropped
 
     def close(self) -> None:

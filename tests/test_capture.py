@@ -258,3 +258,27 @@ def test_a_phone_clip_is_shown_upright_as_players_show_it(tmp_path, rotation):
     assert ok and np.abs(seen_by_opencv.astype(int) - frames[0]).mean() < 2
     info = probe_clip(path)
     assert (info.width, info.height) == (384, 512) and info.first_frame.shape == picture.shape
+
+
+def test_a_camera_that_comes_back_is_said_to_be_back_and_its_loss_said_once(monkeypatch, capsys):
+    import live_puppet.capture as capture_module
+
+    class FlakyCamera(_UnpluggedCamera):  # the first delivers two frames then fails; the third works
+        def isOpened(self):
+            return len(_UnpluggedCamera.made) != 2
+
+        def read(self):
+            if len(_UnpluggedCamera.made) >= 3 and self is _UnpluggedCamera.made[-1]:
+                return True, np.zeros((48, 64, 3), np.uint8)
+            return super().read()
+
+    _UnpluggedCamera.made = []
+    monkeypatch.setattr(capture_module.cv2, "VideoCapture", FlakyCamera)
+    source = capture_module.CameraSource(0, max_reopen_wait=0.3)
+    frames = source.frames()
+    got = [next(frames) for _ in range(4)]  # two, the outage (two tries), then the camera again
+    source.close()
+    err = capsys.readouterr().err
+    assert len(got) == 4 and len(_UnpluggedCamera.made) == 3
+    assert err.count("stopped delivering frames") == 1  # not once per try
+    assert "camera 0 is back after" in err

@@ -128,3 +128,19 @@ def test_a_recording_that_cannot_be_moved_into_place_is_an_error_not_a_success(t
     with pytest.raises(PermissionError):
         rec.close()
     assert not rec.written and rec.error is not None and rec.partial.is_file()
+
+
+def test_the_progress_bar_says_how_many_frames_were_drawn_when_some_were_dropped():
+    # In realtime the bar goes through the source's frames at the source's rate; it read as if
+    # all were rendered ("78/78, 22.3 frame/s" where 36 were drawn at 11.3 fps).
+    import io
+
+    from live_puppet.sinks import ProgressSink
+
+    shown = io.StringIO()
+    bar = ProgressSink(10, file=shown)
+    for index in (0, 2, 4, 9):
+        bar.send(np.zeros((8, 8, 3), np.uint8), FrameInfo(index=index))
+    bar.close()
+    last = shown.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert "10/10" in last and "drawn 4" in last
