@@ -87,7 +87,10 @@ class RetargetSettings:
     neutral_keep: int = 3  # how many of the calmest are averaged
     neutral_refine_frames: int = 150  # later frames in which a clearly calmer face replaces it
     max_rotation_deg: float = 35.0  # head rotation limit relative to the neutral
-    max_scale_change: float = 0.25  # head scale limited to 1 ± this
+    # Head scale (leaning in or back) limited to 1 ± this: the head grows or shrinks inside the
+    # hair and background, which stay; at 1.25 the crown was cut flat and at 0.75 the hair rose
+    # into a spike.
+    max_scale_change: float = 0.1
     max_translation: float = 0.35  # head translation limit, as a fraction of the face box
     # No point moves further than this by expression, in head sizes (the RMS radius of the rigid
     # points, about a third of the face's box): d6.mp4's widest-open mouth reaches 0.62.
@@ -303,8 +306,8 @@ class Retargeter:
 
         turn = self._portrait_turn(r @ n.rotation, n.rotation)
         turn = clamp_rotation(turn, s.max_rotation_deg)
-        scale = float(np.clip(scale, 1 - s.max_scale_change, 1 + s.max_scale_change))
         move = (r @ n.center * scale + t) - n.center  # how the neutral's centre moved
+        scale = float(np.clip(scale, 1 - s.max_scale_change, 1 + s.max_scale_change))
         move = move * size_ratio
         limit = s.max_translation * 2.5 * self._p_size
         move[:2] = np.clip(move[:2], -limit, limit)

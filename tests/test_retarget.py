@@ -373,3 +373,22 @@ def test_a_face_lost_for_a_moment_keeps_its_pose_then_eases_back_to_rest(astrona
     assert away(1.0 + s.hold_seconds + s.ease_seconds + 0.01) == 0.0  # at rest: the driver left
     again = rt(face_from(turned, rot(20)), astronaut_portrait, 3.0)  # back: posed at once
     assert np.abs(again.landmarks - posed.landmarks).max() < 1e-3
+
+
+def test_leaning_in_or_back_grows_or_shrinks_the_head_a_little_where_it_is(astronaut_portrait):
+    # The head grows inside hair and background that stay: at 1.25 its crown was cut flat, at 0.75
+    # the hair rose into a spike; and the scale's limit moved the head off (the centre's motion
+    # was computed with the limited scale).
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy() * 0.8 + [40, 10, 0]
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    from live_puppet.calibration import rigid_frame
+
+    c, _ = rigid_frame(neutral)  # the head's centre
+    rest = astronaut_portrait.face.landmarks
+    p_centre, _ = rigid_frame(rest)
+    for lean in (1.5, 0.6):
+        target = rt(face_from(c + (neutral - c) * lean), astronaut_portrait, 1.0 + lean)
+        assert abs(target.scale - 1.0) <= 0.1 + 1e-6
+        shift = np.abs(rigid_frame(target.landmarks)[0][:2] - p_centre[:2]).max()
+        assert shift < 0.02 * np.ptp(rest[:, 1])  # the head stays where it is
