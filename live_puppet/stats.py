@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 
 import numpy as np
 
 STAGES = ("capture_wait", "track", "retarget", "render", "sink", "capture_to_sink")
+# Latency samples kept per stage: the last hour at 30 fps. Kept whole, a day-long live run held
+# about 21 MB more each hour, and summing up an hour of samples took 0.4 s.
+KEEP_SAMPLES = 108_000
 
 
 class Stats:
     def __init__(self):
-        self.samples: dict[str, list[float]] = defaultdict(list)
+        self.samples: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=KEEP_SAMPLES))
         self.frames_in = 0
         self.frames_out = 0
         self.frames_dropped = 0

@@ -598,3 +598,13 @@ def test_live_use_draws_the_newest_tracked_frame_not_a_stale_one():
     for item in ("frame 1", "frame 2", "frame 3"):
         app._put(item)
     assert app._work.get_nowait() == "frame 3" and app._stale_dropped == 2
+
+
+def test_a_day_long_run_keeps_an_hour_of_latency_samples_not_all():
+    from live_puppet.stats import KEEP_SAMPLES, Stats
+
+    stats = Stats()
+    for i in range(KEEP_SAMPLES + 5000):
+        stats.add("render", 0.010 if i < 5000 else 0.020)  # the first samples were faster
+    assert len(stats.samples["render"]) == KEEP_SAMPLES
+    assert stats.summary()["latency_ms"]["render"]["median"] == 20.0
