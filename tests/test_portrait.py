@@ -43,8 +43,9 @@ def test_canvas_caps_the_long_side_and_fits_a_requested_size():
     img = np.zeros((2000, 1000, 3), np.uint8)
     assert fit_canvas(img, None, 1024).shape == (1024, 512, 3)
     assert fit_canvas(img, (640, 480), 1024).shape == (480, 640, 3)
-    small = np.zeros((300, 200, 3), np.uint8)
-    assert fit_canvas(small, None, 1024).shape == (300, 200, 3)
+    small = np.zeros((300, 200, 3), np.uint8)  # enlarged to a 512 px long side (at most --max-side)
+    assert fit_canvas(small, None, 1024).shape == (512, 340, 3)
+    assert fit_canvas(small, None, 400).shape == (400, 266, 3)
 
 
 def test_astronaut_face_is_found(astronaut_portrait):
@@ -173,3 +174,46 @@ def test_an_upright_face_cut_by_the_edge_is_kept_upright_with_a_note(tmp_path, i
     h, w = portrait.image.shape[:2]
     assert np.abs(portrait.image.astype(int) - cv2.resize(cut, (w, h))).mean() < 3  # not turned
     assert "is not clearly seen" in capsys.readouterr().err
+
+
+def test_a_large_scan_is_read_a_damaged_one_is_named_and_a_key_colour_is_transparent(tmp_path,
+                                                                                    monkeypatch):
+    from PIL import Image
+
+    from live_puppet.portrait import read_image
+
+    scan = np.zeros((3000, 5000, 3), np.uint8)
+    scan[:, 2500:] = 200
+    Image.fromarray(scan).save(tmp_path / "scan.jpg", quality=90)
+    # Pillow refuses pictures above its own limit (179 megapixels) as a possible attack: a 196 MP
+    # museum scan was "not an image that can be read; pass a JPEG". The limit is lowered here so
+    # that this scan stands for one.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    image = read_image(tmp_path / "scan.jpg", least_side=1024)
+    assert 1024 <= max(image.shape[:2]) < 5000  # decoded at a reduced scale, enough for the canvas
+    assert image.shape[0] * 5 == image.shape[1] * 3
+    data = (tmp_path / "scan.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) * 95 // 100])  # a download cut short
+    with pytest.raises(UserError, match="'.*cut.jpg' is a JPEG file that is damaged or cut short"):
+        read_image(tmp_path / "cut.jpg")
+    keyed = Image.fromarray(np.full((64, 64, 3), (0, 255, 0), np.uint8))
+    keyed.info["transparency"] = (0, 255, 0)  # an RGB PNG with a transparent key colour
+    keyed.save(tmp_path / "keyed.png", transparency=(0, 255, 0))
+    assert (read_image(tmp_path / "keyed.png") == 255).all()  # on white, like an alpha channel
+
+
+def test_a_small_picture_is_enlarged_to_the_canvas_not_refused(tmp_path, image_tracker, astronaut):
+    # The astronaut at 160 x 160: her face is 32 px across. It was refused ("crop it closer"),
+    # although cropping could not help; --size 640x640 made it work.
+    small = cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA)
+    portrait = load_portrait(_saved(tmp_path / "small.png", small), image_tracker)
+    assert portrait.image.shape[:2] == (512, 512) and portrait.face.face_size() > 48
+
+
+def test_a_face_in_a_strip_asks_for_a_crop_not_a_larger_canvas(tmp_path, image_tracker, astronaut):
+    # "give a larger --max-side" made the whole strip fit the camera's 16:9 picture: the face came
+    # out 35 px across.
+    strip = np.full((400, 3000, 3), 200, np.uint8)
+    strip[:, 1300:1700] = cv2.resize(astronaut, (400, 400), interpolation=cv2.INTER_AREA)
+    with pytest.raises(UserError, match="at the output canvas's 1024x136 px .*; crop the picture around"):
+        load_portrait(_saved(tmp_path / "strip.png", strip), image_tracker)
