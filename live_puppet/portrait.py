@@ -12,6 +12,7 @@ from live_puppet.capture import IMAGE_SUFFIXES
 from live_puppet.errors import UserError, warn
 from live_puppet.types import FaceState, Portrait
 
+PORTRAIT_SUFFIXES = IMAGE_SUFFIXES | {".gif", ".jfif"}  # what a gallery folder offers (read by Pillow)
 MIN_FACE_PX = 48  # a face smaller than this (landmark box, canvas pixels) cannot be animated well
 MIN_WINDOW_PX = 128  # the smallest window a picture is searched in for a small face
 # A smaller picture is enlarged to this long side (at most --max-side): a 160 px photo's 32 px face
@@ -281,7 +282,9 @@ def list_portraits(path: Path) -> list[Path]:
     """A file, or the images of a folder sorted by name."""
     path = Path(path).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        # (not hidden files: macOS leaves "._name.jpg" beside each picture copied to a USB disk)
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in PORTRAIT_SUFFIXES and not p.name.startswith("."))
         if not files:
             raise UserError(f"The folder '{path}' holds no JPEG or PNG portraits; add some or pass "
                             f"a single image to --portrait.")

@@ -108,8 +108,14 @@ def test_a_16_bit_grey_portrait_is_read_as_a_picture_not_white(tmp_path, image_t
 def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):
     cv2.imwrite(str(tmp_path / "b.png"), astronaut)
     cv2.imwrite(str(tmp_path / "a.png"), cv2.flip(astronaut, 1))
+    from PIL import Image
+
+    Image.fromarray(astronaut[:, :, ::-1]).save(tmp_path / "ab.gif")  # a GIF portrait counts
+    (tmp_path / "._a.png").write_bytes(b"\0\5\26\7")  # macOS's resource file: not a picture
     gallery = Gallery(tmp_path, image_tracker)
-    assert [p.name for p in gallery.paths] == ["a.png", "b.png"]
+    assert [p.name for p in gallery.paths] == ["a.png", "ab.gif", "b.png"]
+    (tmp_path / "ab.gif").unlink()
+    gallery.reload()
     assert gallery.load(1).name == "b"
     cv2.imwrite(str(tmp_path / "c.png"), astronaut)
     gallery.reload()
@@ -217,3 +223,4 @@ def test_a_face_in_a_strip_asks_for_a_crop_not_a_larger_canvas(tmp_path, image_t
     strip[:, 1300:1700] = cv2.resize(astronaut, (400, 400), interpolation=cv2.INTER_AREA)
     with pytest.raises(UserError, match="at the output canvas's 1024x136 px .*; crop the picture around"):
         load_portrait(_saved(tmp_path / "strip.png", strip), image_tracker)
+
