@@ -118,6 +118,28 @@ def test_a_closed_painted_mouth_opens_onto_a_cavity_with_a_teeth_hint(mona_portr
     assert sample(0.12) > sample(0.7) + 30  # the upper teeth's hint under the lip
 
 
+@pytest.mark.parametrize("tone", ["dark", "washed out"])
+def test_an_opened_mouth_keeps_to_the_picture_s_own_tones(mona_portrait, image_tracker, tmp_path, tone):
+    # In a picture at 12% brightness the teeth glowed (grey 87 in a face of 14); in a washed-out
+    # one (nothing darker than 211) the open mouth was a black hole (27).
+    import cv2
+
+    from live_puppet.portrait import load_portrait
+
+    image = mona_portrait.image.astype(np.float64)
+    image = image * 0.12 if tone == "dark" else 215 + image * (40 / 255)
+    path = tmp_path / "toned.png"
+    cv2.imwrite(str(path), image.round().astype(np.uint8))
+    p = load_portrait(path, image_tracker)
+    width = np.linalg.norm(p.face.xy[fm.MOUTH_CORNERS[0]] - p.face.xy[fm.MOUTH_CORNERS[1]])
+    lms = _drop_lower_lip(p, 0.4 * width)
+    out = cv2.cvtColor(create_engine("warp").render(p, target_for(p, lms)), cv2.COLOR_BGR2GRAY)
+    mouth = cv2.fillPoly(np.zeros(out.shape, np.uint8), [lms[fm.INNER_LIPS, :2].astype(np.int32)], 1)
+    dark, bright = np.percentile(cv2.cvtColor(p.image, cv2.COLOR_BGR2GRAY), (1, 99))
+    inside = out[mouth > 0].astype(int)
+    assert dark - 12 <= inside.min() and inside.max() <= bright + 12
+
+
 def test_an_opening_jaw_does_not_crush_the_skin_under_the_chin(astronaut_portrait):
     # The chin drops further than the gap to the ring that holds the neck still: the ring must
     # give way, or the skin under the chin is crushed to a sliver (Mona Lisa driven by d6.mp4

@@ -83,6 +83,7 @@ class _LidStyle:
 class _MouthStyle:
     cavity: np.ndarray  # BGR of the mouth interior
     teeth: np.ndarray  # BGR of the teeth hint
+    floor: float  # the picture's darkest tone (its grey's 1st percentile): the cavity's corners
     rest_opening: float  # the portrait's own opening (inner-lip gap / mouth width)
 
 
@@ -123,11 +124,15 @@ def _mouth_style(image: np.ndarray, xy: np.ndarray) -> _MouthStyle:
     lip_colour = np.array(cv2.mean(image, mask=lips)[:3]) if lips.any() else np.array([60, 60, 120.0])
     face = cv2.fillPoly(np.zeros(image.shape[:2], np.uint8), [xy[fm.FACE_OVAL].astype(np.int32)], 1)
     skin = np.array(cv2.mean(image, mask=face)[:3]) if face.any() else np.array([150, 150, 150.0])
-    cavity = lip_colour * 0.22 + np.array([4, 4, 10.0])
-    teeth = np.clip(skin * 0.55 + np.full(3, 255.0) * 0.35, 0, 255) * np.array([0.92, 0.97, 1.0])
+    # Within the picture's own range of tones (1st and 99th percentiles of its grey): a dark
+    # picture's teeth glowed at grey 87 in a face of 14, and a washed-out one's mouth was a black
+    # hole (27) where nothing was darker than 211.
+    dark, bright = np.percentile(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (1, 99))
+    cavity = dark + (lip_colour - dark) * 0.22 + np.array([4, 4, 10.0]) * (bright - dark) / 255
+    teeth = np.clip(skin * 0.55 + bright * 0.35, 0, 255) * np.array([0.92, 0.97, 1.0])
     width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
     gap = np.linalg.norm(xy[fm.UPPER_INNER_LIP] - xy[fm.LOWER_INNER_LIP])
-    return _MouthStyle(cavity=cavity, teeth=teeth, rest_opening=float(gap / width))
+    return _MouthStyle(cavity=cavity, teeth=teeth, floor=float(dark), rest_opening=float(gap / width))
 
 
 @register_engine("warp")
@@ -712,7 +717,7 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
         keep = style.rest_opening / 2
         mask = mask * np.clip((below_upper - keep) / TEETH_FADE, 0, 1) \
             * np.clip((above_lower - keep) / TEETH_FADE, 0, 1)
-        colour = style.cavity[None, None, :] * shade[..., None]
+        colour = style.floor + (style.cavity - style.floor)[None, None, :] * shade[..., None]
     else:
         # Teeth: a band of fixed height under the upper lip (and a thinner, fainter one over the
         # lower), fading towards the corners, where the cavity is darkest. Lips just parted show
@@ -720,8 +725,8 @@ def paint_mouth(out: np.ndarray, xy: np.ndarray, style: _MouthStyle) -> None:
         rows = np.maximum(np.clip((UPPER_TEETH - below_upper) / TEETH_FADE, 0, 1),
                           0.5 * np.clip((LOWER_TEETH - above_lower) / TEETH_FADE, 0, 1))
         teeth_w = rows * np.clip((0.75 - u) / 0.3, 0, 1) * TEETH_STRENGTH
-        colour = (style.cavity[None, None, :] * shade[..., None] * (1 - teeth_w[..., None])
-                  + style.teeth * teeth_w[..., None])
+        cavity = style.floor + (style.cavity - style.floor)[None, None, :] * shade[..., None]
+        colour = cavity * (1 - teeth_w[..., None]) + style.teeth * teeth_w[..., None]
     alpha = (mask * strength)[..., None]
     region = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = (region * (1 - alpha) + colour * alpha).astype(np.uint8)
