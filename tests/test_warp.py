@@ -423,3 +423,24 @@ def test_a_crease_under_the_lower_lip_stays_one_smooth_line_when_the_jaw_opens(a
     assert ink.min() > 0.25 * np.median(ink)  # unbroken
     smooth = np.polyval(np.polyfit(columns, at, 2), columns)
     assert np.abs(at - smooth).max() < 1.0  # no lobes
+
+
+def test_a_head_filling_the_picture_turns_without_streaks_at_its_edge(astronaut_portrait, image_tracker,
+                                                                      tmp_path):
+    # The head moves away from the picture's right edge: what shows there comes from beyond it.
+    # Repeating the edge column drew horizontal streaks (each row one colour across the band).
+    import cv2
+
+    from live_puppet.portrait import load_portrait
+
+    x0, y0, x1, y1 = np.array(astronaut_portrait.face.bbox()).astype(int)
+    path = tmp_path / "close.png"
+    cv2.imwrite(str(path), astronaut_portrait.image[max(0, y0 - 60):y1 + 30, max(0, x0 - 40):x1])
+    p = load_portrait(path, image_tracker)
+    shift = 0.08 * p.image.shape[1]
+    lms = p.face.landmarks.copy()
+    lms[:, 0] -= shift
+    out = create_engine("warp").render(p, target_for(p, lms, translation=[-shift, 0, 0]))
+    h = out.shape[0]
+    band = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)[h // 4: 3 * h // 4, -6:].astype(float)
+    assert band.std(axis=1).mean() > 2.0  # variation along each row: texture, not streaks

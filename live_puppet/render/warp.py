@@ -241,8 +241,10 @@ class WarpEngine(Engine):
         map_y = mesh.base_y + disp[..., 1]
         x0, y0, x1, y1 = mesh.roi
         out = portrait.image.copy()
+        # Beyond the picture's edge (a head filling it turns) the picture is mirrored: repeating
+        # its last column drew streaks.
         out[y0:y1, x0:x1] = cv2.remap(portrait.image, map_x, map_y, cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REPLICATE)
+                                      borderMode=cv2.BORDER_REFLECT_101)
         for lid in mesh.lids:
             paint_lid(out, target, lid)
         paint_mouth(out, target.landmarks[:, :2], mesh.mouth)
