@@ -100,6 +100,9 @@ class RetargetSettings:
     smoothing_beta: float = 0.02  # 1€ speed coefficient; higher = less lag when moving
     hold_seconds: float = 0.3  # a face lost this long or less keeps its last pose (a blur, a hand)
     ease_seconds: float = 0.5  # ... after which the portrait eases back to its rest pose over this
+    # A face back after this long away (the user left and sat down again) makes its place and size
+    # the new home: the neutral face is re-placed there (its shape kept).
+    rehome_seconds: float = 3.0
 
 
 # The points each feature gain is centred on.
@@ -199,6 +202,7 @@ class Retargeter:
         self._p_size = 1.0
         self._p_rotation = np.eye(3)
         self._held: tuple[Target, float] | None = None  # the last target and its time
+        self._seen_at: float | None = None  # when a face was last seen
 
     # -- neutral -------------------------------------------------------------------------------
     def retake_neutral(self) -> None:
@@ -273,6 +277,11 @@ class Retargeter:
         self._use_portrait(portrait)
         if face is None:
             return self._without_face(portrait, timestamp)
+        away = None if self._seen_at is None else timestamp - self._seen_at
+        self._seen_at = timestamp
+        if self.neutral is not None and away is not None and away > self.settings.rehome_seconds:
+            self.neutral = Neutral.place(self.neutral.shape(), face, self.neutral.activity)
+            self._filter.reset()
         if not self._update_neutral(face):
             return None
         s = self.settings

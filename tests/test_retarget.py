@@ -392,3 +392,20 @@ def test_leaning_in_or_back_grows_or_shrinks_the_head_a_little_where_it_is(astro
         assert abs(target.scale - 1.0) <= 0.1 + 1e-6
         shift = np.abs(rigid_frame(target.landmarks)[0][:2] - p_centre[:2]).max()
         assert shift < 0.02 * np.ptp(rest[:, 1])  # the head stays where it is
+
+
+def test_a_driver_back_after_a_while_somewhere_else_is_at_home_there(astronaut_portrait):
+    # The user left and sat down again further back and to the side: the portrait stayed smaller
+    # and shifted until they pressed c.
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy()
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    elsewhere = (neutral - neutral.mean(0)) * 0.8 + neutral.mean(0) + [60, 20, 0]
+    for t in np.arange(1.0, 5.0, 0.5):  # away
+        rt(None, astronaut_portrait, t)
+    target = rt(face_from(elsewhere), astronaut_portrait, 5.0)
+    assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 1.0
+    assert target.scale == pytest.approx(1.0)
+    # Gone for a moment only: a move is a move.
+    moved = rt(face_from(elsewhere + [30, 0, 0]), astronaut_portrait, 5.5)
+    assert moved.translation[0] > 10
