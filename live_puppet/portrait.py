@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from live_puppet.capture import IMAGE_SUFFIXES
-from live_puppet.errors import UserError, warn
+from live_puppet.errors import UserError
 from live_puppet.types import FaceState, Portrait
 
 PORTRAIT_SUFFIXES = IMAGE_SUFFIXES | {".gif", ".jfif"}  # what a gallery folder offers (read by Pillow)
@@ -123,52 +123,18 @@ def _window_starts(length: int, side: int) -> list[int]:
     return starts if starts[-1] == length - side else starts + [length - side]
 
 
-@dataclass(frozen=True)
-class FoundFace:
-    """A picture's face, and the picture turned the way the face stands upright."""
+def find_face(tracker, image: np.ndarray) -> FaceState | None:
+    """The largest face in a picture (tracker in image mode), small ones too.
 
-    image: np.ndarray  # the picture, turned upright when the face lay on its side or upside down
-    face: FaceState  # landmarks in `image`
-    turns: int  # quarter turns anticlockwise that made the face upright (0: the picture as it was)
-    sure: bool  # seen with MediaPipe's presence of SURE_CONFIDENCE or more
-
-
-TURNS = {1: "lies on its side", 3: "lies on its side", 2: "is upside down"}
-# A face not clearly seen as the picture stands is taken as lying on its side or upside down only
-# when it is seen with this presence once turned. Upright faces that are not clearly seen can
-# reach 0.8 turned the wrong way up (a Mona Lisa with her chin cut off: 0.7 upright, 0.8 upside
-# down); faces that did lie on their side reached 0.9-0.95 turned upright.
-TURNED_CONFIDENCE = 0.9
-
-
-def find_face(tracker, image: np.ndarray) -> FoundFace | None:
-    """The largest face in a picture (tracker in image mode): upright, turned, or small.
-
-    - A face clearly seen (presence SURE_CONFIDENCE) is taken as it is.
-    - Else a face lying on its side or upside down is looked for in the picture turned a quarter,
-      three quarters and half way (seen with TURNED_CONFIDENCE): MediaPipe fits its mesh the wrong
-      way up on it (the mouth on the eyes), barely sure, and the whole face then moves wrongly.
-    - Else a face only found with MediaPipe's default confidence (cut by the picture's edge, a
-      profile, a drawing) is taken, as not sure.
-    - Else, MediaPipe's face detector sees the whole picture shrunk to 128 px, so a face of a tenth
-      of a wide picture's width is not found at all: the picture is searched in overlapping square
-      windows, of half and of a quarter of its short side, for a face clearly seen (a window
-      enlarged enough finds "faces" in a cat's eye at the default confidence), measured again in a
-      window fitted around it.
+    MediaPipe's face detector sees the whole picture shrunk to 128 px, so a face of a tenth of a
+    wide picture's width is not found at all. Then the picture is searched in overlapping square
+    windows, of half and of a quarter of its short side, and the face found is measured again in
+    a window fitted around it; a face not found again there is not taken (a window enlarged enough
+    shows MediaPipe a "face" in a cat's eye, which the fitted window does not).
     """
-    # (A face seen at a stricter confidence is then measured at the default one, as everything
-    # else is: the stricter detector's crop moves the landmarks by up to a pixel.)
-    sure = tracker.track_sure(image)
-    if sure is not None:
-        return FoundFace(image, tracker.track(image) or sure, 0, True)
-    for turns in (1, 3, 2):
-        turned = np.ascontiguousarray(np.rot90(image, turns))
-        upright = tracker.track_sure(turned, TURNED_CONFIDENCE)
-        if upright is not None:
-            return FoundFace(turned, tracker.track(turned) or upright, turns, True)
     face = tracker.track(image)
     if face is not None:
-        return FoundFace(image, face, 0, False)
+        return face
     h, w = image.shape[:2]
     size = (w, h)
     for side in (min(h, w) // 2, min(h, w) // 4):
@@ -177,7 +143,7 @@ def find_face(tracker, image: np.ndarray) -> FoundFace | None:
         found = []
         for y0 in _window_starts(h, side):
             for x0 in _window_starts(w, side):
-                f = tracker.track_sure(image[y0:y0 + side, x0:x0 + side])
+                f = tracker.track(image[y0:y0 + side, x0:x0 + side])
                 if f is not None:  # (its matrix's rotation holds for the picture; only that is used)
                     found.append(_shifted(f, x0, y0, size))
         if found:
@@ -189,8 +155,7 @@ def find_face(tracker, image: np.ndarray) -> FoundFace | None:
             left, top = int(round(cx - half)), int(round(cy - half))
             side = int(round(2 * half))
             refined = tracker.track(image[top:top + side, left:left + side])
-            return FoundFace(image, _shifted(refined, left, top, size) if refined is not None else best,
-                             0, True)
+            return _shifted(refined, left, top, size) if refined is not None else None
     return None
 
 
@@ -230,23 +195,12 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
     # Read big enough for the canvas and for telling whether a larger one would help.
     original = read_image(path, 2 * (max(size) if size is not None else max_side))
     image = fit_canvas(original, size, max_side)
-    found = find_face(tracker, image)
-    if found is not None and found.turns:  # the face lay on its side: the whole picture is turned
-        warn(f"note: the face in '{path.name}' {TURNS[found.turns]}; the picture is turned so that "
-             f"it stands upright.")
-        original = np.ascontiguousarray(np.rot90(original, found.turns))
-        image = fit_canvas(original, size, max_side)  # (a --size canvas keeps its shape)
-        found = find_face(tracker, image)
-    face = found.face if found is not None else None
+    face = find_face(tracker, image)
     if face is not None and face.face_size() >= MIN_FACE_PX:
-        if not found.sure:
-            warn(f"note: the face in '{path.name}' is not clearly seen (cut by the picture's edge, "
-                 f"turned away, or not a photo or painting of a face?); it may move wrongly.")
-        return Portrait(name=path.stem, path=path, image=found.image, face=lift_lids_off_iris(face))
+        return Portrait(name=path.stem, path=path, image=image, face=lift_lids_off_iris(face))
     # Lost, or made too small, by shrinking the picture to the canvas? Then a bigger canvas helps.
     scale = canvas_scale(original, size, max_side)
-    found_full = find_face(tracker, original) if scale < 1.0 else None
-    full = found_full.face if found_full is not None else None
+    full = find_face(tracker, original) if scale < 1.0 else None
     if full is not None and full.face_size() * scale < MIN_FACE_PX <= full.face_size():
         option = canvas_flag or ("--size" if size is not None else "--max-side")
         h, w = original.shape[:2]

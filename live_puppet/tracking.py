@@ -25,11 +25,6 @@ MODEL_URL = (
 )
 MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 MODEL_FILENAME = "face_landmarker.task"
-# The face presence (MediaPipe's score, 0..1) a picture's face must reach to count as clearly seen.
-# At 0.8: the ../shared portraits, the astronaut and faces tilted up to 60 degrees are; the same faces
-# lying on their side or upside down (the mesh then fitted the wrong way up) and a "face" found in a
-# cat's eye are not (all are found at MediaPipe's default 0.5).
-SURE_CONFIDENCE = 0.8
 ENV_VAR = "LIVE_PUPPET_LANDMARKER"
 
 # The blendshapes MediaPipe reports, in its order (index 0 is "_neutral").
@@ -129,8 +124,6 @@ class Tracker:
 
         self._mp = mp
         self.mode = mode
-        self.model_path, self.num_faces = model_path, num_faces
-        self._sure: dict[float, Tracker] = {}  # stricter twins, made on first use (track_sure)
         running_mode = (vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE)
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(model_path)),
@@ -167,8 +160,6 @@ class Tracker:
         if self._landmarker is not None:
             self._landmarker.close()
             self._landmarker = None
-        for twin in self._sure.values():
-            twin.close()
 
     def detect_all(self, image_bgr: np.ndarray, timestamp_ms: int | None = None) -> list[FaceState]:
         """Every face found, in MediaPipe's order."""
@@ -208,13 +199,6 @@ class Tracker:
         if not faces:
             return None
         return max(faces, key=lambda f: f.face_size())
-
-    def track_sure(self, image_bgr: np.ndarray, confidence: float = SURE_CONFIDENCE) -> FaceState | None:
-        """The largest face seen with a presence of `confidence` or more (image mode), or None."""
-        if confidence not in self._sure:
-            self._sure[confidence] = Tracker(self.model_path, mode="image", num_faces=self.num_faces,
-                                             min_confidence=confidence)
-        return self._sure[confidence].track(image_bgr)
 
 
 class FlowStabilizer:
