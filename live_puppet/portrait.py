@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,35 +37,41 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
     A JPEG more than twice `least_side` on its long side (a museum's scan) is decoded at 1/2, 1/4
     or 1/8 scale, still `least_side` or more: a 14000 x 14000 scan for a 1024 canvas reads in 0.6 s
     and 0.28 GB instead of 1.6 s and 0.9 GB."""
-    import warnings
-
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
         raise UserError(f"The portrait '{path}' does not exist; pass the path of a JPEG or PNG file "
                         f"or of a folder of them.")
-    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # (sizes are checked below)
+    with _PILLOW_LIMIT:  # Pillow's own size check (a global) is replaced by MAX_PIXELS meanwhile
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return _decode(path, least_side, Image, ImageOps, UnidentifiedImageError)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _decode(path: Path, least_side: int | None, Image, ImageOps, UnidentifiedImageError) -> np.ndarray:
     try:
         im = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError):
         raise UserError(f"'{path}' is not an image that can be read; pass a JPEG or PNG "
                         f"portrait.") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
-    with im, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with im:
         width, height = im.size
         if width * height > MAX_PIXELS:
             raise UserError(f"'{path}' is {width}x{height} pixels, more than this tool reads "
                             f"({MAX_PIXELS // 1_000_000} megapixels); scale it down first.")
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
         try:
             if least_side and im.format == "JPEG" and max(width, height) > 2 * least_side:
                 shrink = max(width, height) / least_side
-                im.draft("RGB", (int(width / shrink), int(height / shrink)))
+                im.draft("RGB", (max(1, int(width / shrink)), max(1, int(height / shrink))))
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:  # (RGB with a key colour too)
+            keyed = im.mode in ("P", "L", "RGB") and "transparency" in im.info  # a transparent colour
+            if im.mode in ("RGBA", "LA", "PA") or keyed:
                 im = im.convert("RGBA")
                 white = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(white, im)
@@ -74,11 +81,9 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
                 grey = np.clip((grey - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
                 im = Image.fromarray(grey)
             rgb = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+        except Exception:  # whatever the decoder trips on in a broken file
             raise UserError(f"'{path}' is a {im.format or 'picture'} file that is damaged or cut "
                             f"short; use a complete copy of it.") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 

@@ -178,6 +178,11 @@ def test_a_large_scan_is_read_a_damaged_one_is_named_and_a_key_colour_is_transpa
     keyed.info["transparency"] = (0, 255, 0)  # an RGB PNG with a transparent key colour
     keyed.save(tmp_path / "keyed.png", transparency=(0, 255, 0))
     assert (read_image(tmp_path / "keyed.png") == 255).all()  # on white, like an alpha channel
+    grey = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)
+    Image.fromarray(grey).save(tmp_path / "grey16_keyed.png", transparency=0)  # 16-bit, key colour
+    assert 100 < read_image(tmp_path / "grey16_keyed.png").mean() < 160  # not all white
+    Image.fromarray(np.full((10, 30000, 3), 90, np.uint8)).save(tmp_path / "thin.jpg")
+    assert read_image(tmp_path / "thin.jpg", least_side=1024).shape[0] >= 1  # drafted, no crash
 
 
 def test_a_small_picture_is_enlarged_to_the_canvas_not_refused(tmp_path, image_tracker, astronaut):
