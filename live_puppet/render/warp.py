@@ -68,6 +68,7 @@ class _WarpMesh:
     irises: list  # per eye whose iris the portrait shows: (eye loop, iris points, their (u, v)
     # in the eye's frame on the portrait: u along the corners' line, v across it, in eye widths,
     # whether it follows the gaze: not a turned head's far eye)
+    blurred: np.ndarray | None = None  # the portrait blurred (made on first need): beyond its edge
 
 
 @dataclass
@@ -189,6 +190,22 @@ class WarpEngine(Engine):
             mouth=_mouth_style(portrait.image, xy), lids=_lid_styles(portrait.image, portrait.face.landmarks),
             irises=irises, **_face_triangles(xy, irises))
 
+    @staticmethod
+    def _sample(image: np.ndarray, mesh: _WarpMesh, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """The picture at the map's points. Beyond its edge (a head filling the picture turns away
+        from it) the blurred picture's edge colours carry on, fading in over EDGE_FADE_PX: its last
+        column repeated drew streaks (each row one colour), and a mirror showed a second eye."""
+        warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        h, w = image.shape[:2]
+        beyond = np.maximum(np.maximum(-map_x, map_x - (w - 1)), np.maximum(-map_y, map_y - (h - 1)))
+        if beyond.max() <= 0:
+            return warped
+        if mesh.blurred is None:
+            mesh.blurred = cv2.GaussianBlur(image, (0, 0), EDGE_BLUR * max(h, w))
+        filled = cv2.remap(mesh.blurred, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        weight = np.clip(beyond / EDGE_FADE_PX, 0.0, 1.0)[..., None]
+        return (warped * (1.0 - weight) + filled * weight).astype(np.uint8)
+
     def target_points(self, mesh: _WarpMesh, target: Target) -> np.ndarray:
         """Where each source point goes: landmarks to the target, the ring with the head."""
         n, k = mesh.n_landmarks, len(mesh.head_ring)
@@ -241,10 +258,7 @@ class WarpEngine(Engine):
         map_y = mesh.base_y + disp[..., 1]
         x0, y0, x1, y1 = mesh.roi
         out = portrait.image.copy()
-        # Beyond the picture's edge (a head filling it turns) the picture is mirrored: repeating
-        # its last column drew streaks.
-        out[y0:y1, x0:x1] = cv2.remap(portrait.image, map_x, map_y, cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REFLECT_101)
+        out[y0:y1, x0:x1] = self._sample(portrait.image, mesh, map_x, map_y)
         for lid in mesh.lids:
             paint_lid(out, target, lid)
         paint_mouth(out, target.landmarks[:, :2], mesh.mouth)
@@ -602,6 +616,8 @@ def _dedupe(points: np.ndarray, min_dist: float) -> np.ndarray:
     return np.array(kept, np.float32).reshape(-1, 2)
 
 
+EDGE_BLUR = 0.01  # beyond the picture's edge: its colours blurred by this share of its long side
+EDGE_FADE_PX = 6.0  # ... fading in over this many pixels past the edge
 MOUTH_OPEN_START = 0.04  # extra opening (gap / mouth width beyond the portrait's) where the cavity starts
 MOUTH_OPEN_RAMP = 0.10  # ... and how much more until it is fully shown
 # A portrait whose lips are this far apart (gap / mouth width) shows its own teeth or interior;
