@@ -21,10 +21,13 @@ MIN_WINDOW_PX = 128  # the smallest window a picture is searched in for a small 
 MIN_CANVAS_SIDE = 512
 MAX_ASPECT = 2.5  # a picture longer than this many times its width (or the reverse) is a strip
 # MediaPipe can draw a painted eye's upper lid across its iris (Girl with a Pearl Earring's far eye:
-# a lid point 0.72 iris radii below the iris's top). A blink then carries the iris's top down with
-# the lid: a dark ring in the shut lid. Elsewhere (the ../shared portraits and clips) the upper lid
-# lies at most 0.40 radii below the iris's top.
-LID_IRIS_OVERLAP_WRONG = 0.45  # an upper-lid point deeper in the iris than this (radii): lid misplaced
+# a lid point 0.74 iris radii below the iris's top, in an eye it reads as wide open, 0.40). A blink
+# then carries the iris's top down with the lid: a dark ring in the shut lid. A relaxed or
+# downcast eye's lid does cover the iris that deep (the first frames of d18 and d20: 0.45-0.64, at
+# openings of 0.14-0.18); in the other eyes of the ../shared portraits and clips it lies at most
+# 0.38 radii below the iris's top.
+LID_IRIS_OVERLAP_WRONG = 0.45  # an upper-lid point deeper in the iris than this (radii) ...
+LID_WIDE_OPEN = 0.3  # ... in an eye at least this open (lid gap / eye width): the lid is misplaced
 LID_IRIS_OVERLAP = 0.15  # ... then that lid's points are lifted to this depth at most
 
 
@@ -166,8 +169,8 @@ def find_face(tracker, image: np.ndarray) -> FaceState | None:
 
 def lift_lids_off_iris(face: FaceState) -> FaceState:
     """The face with an upper lid drawn across its iris (a point deeper than LID_IRIS_OVERLAP_WRONG
-    inside the iris circle of MediaPipe's iris landmarks) lifted to LID_IRIS_OVERLAP at most, depth
-    measured across the eye line (a tilted head too)."""
+    inside the iris circle of MediaPipe's iris landmarks, in an eye open LID_WIDE_OPEN or more)
+    lifted to LID_IRIS_OVERLAP at most, depth measured across the eye line (a tilted head too)."""
     from live_puppet import face_mesh as fm
 
     landmarks = face.landmarks.copy()
@@ -175,7 +178,9 @@ def lift_lids_off_iris(face: FaceState) -> FaceState:
     across = xy[263] - xy[33]
     across /= np.linalg.norm(across) + 1e-9
     down = np.array([-across[1], across[0]])  # the face's down, in image axes
-    for upper, _, _, iris in fm.LID_PAIRS.values():
+    for eye, (upper, _, _, iris) in fm.LID_PAIRS.items():
+        if fm.eye_openness(xy, eye) < LID_WIDE_OPEN:  # a relaxed or shut eye: its lid may be low
+            continue
         centre = xy[iris[0]]
         radius = float(np.mean(np.linalg.norm(xy[iris[1:]] - centre, axis=1)))
         a, b = (xy[upper] - centre) @ across, (xy[upper] - centre) @ down

@@ -201,3 +201,19 @@ def test_a_face_in_a_strip_asks_for_a_crop_not_a_larger_canvas(tmp_path, image_t
     with pytest.raises(UserError, match="at the output canvas's 1024x136 px .*; crop the picture around"):
         load_portrait(_saved(tmp_path / "strip.png", strip), image_tracker)
 
+
+
+def test_only_a_lid_drawn_across_a_wide_open_eye_s_iris_is_lifted(image_tracker):
+    # Pearl's far eye: MediaPipe's upper lid crosses her painted iris in an eye it reads wide open.
+    # d20's first frame: relaxed eyes whose lids do cover the irises' tops; they were moved 3.5 px.
+    import av
+    from conftest import DRIVING, PORTRAITS, need
+
+    from live_puppet.portrait import fit_canvas, lift_lids_off_iris, read_image
+
+    pearl = image_tracker.track(fit_canvas(read_image(need(PORTRAITS / "girl_with_a_pearl_earring.jpg")),
+                                           None, 1024))
+    assert np.abs(lift_lids_off_iris(pearl).landmarks - pearl.landmarks).max() > 3
+    with av.open(str(need(DRIVING / "d20.mp4"))) as clip:
+        relaxed = image_tracker.track(next(clip.decode(video=0)).to_ndarray(format="bgr24"))
+    assert np.abs(lift_lids_off_iris(relaxed).landmarks - relaxed.landmarks).max() == 0
