@@ -168,13 +168,23 @@ def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction:
 
 
 def eased_to_rest(target: Target, rest: np.ndarray, weight: float) -> Target:
-    """`target` moved towards the portrait's rest pose: weight 1 is the target, 0 the rest pose."""
-    rvec, _ = cv2.Rodrigues(target.rotation.astype(np.float64))
-    rotation, _ = cv2.Rodrigues(rvec * weight)
-    rest = np.asarray(rest, np.float32)
-    return Target(landmarks=rest + weight * (target.landmarks - rest),
-                  rotation=rotation.astype(np.float32), scale=1.0 + weight * (target.scale - 1.0),
-                  translation=target.translation * weight, center=target.center,
+    """`target` moved towards the portrait's rest pose: weight 1 is the target, 0 the rest pose.
+
+    The expression and the head's motion are eased apart and put together again as __call__ does,
+    so that the face stays with the hair and the ring that follow the head's (eased) motion."""
+    rest = np.asarray(rest, np.float64)
+    center = target.center.astype(np.float64)
+    turn = target.rotation.astype(np.float64)
+    move = target.translation.astype(np.float64)
+    base = center + ((target.landmarks - move - center) @ turn) / target.scale  # expression only
+    base = rest + weight * (base - rest)
+    rvec, _ = cv2.Rodrigues(turn)
+    turn, _ = cv2.Rodrigues(rvec * weight)
+    scale = 1.0 + weight * (target.scale - 1.0)
+    move = move * weight
+    landmarks = center + scale * (base - center) @ turn.T + move
+    return Target(landmarks=landmarks.astype(np.float32), rotation=turn.astype(np.float32),
+                  scale=scale, translation=move.astype(np.float32), center=target.center,
                   blendshapes=target.blendshapes)
 
 

@@ -409,3 +409,21 @@ def test_a_driver_back_after_a_while_somewhere_else_is_at_home_there(astronaut_p
     # Gone for a moment only: a move is a move.
     moved = rt(face_from(elsewhere + [30, 0, 0]), astronaut_portrait, 5.5)
     assert moved.translation[0] > 10
+
+
+def test_easing_back_to_rest_keeps_the_face_on_the_moving_head(astronaut_portrait):
+    # The landmarks were eased in a straight line while the head's rotation (which the hair and the
+    # ring follow) was eased along its arc: mid-way the face slid against the hair by up to 12 px.
+    from live_puppet.retarget import eased_to_rest
+
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy()
+    c = neutral.mean(0)
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    rolled = (neutral - c) @ rot(roll_deg=30).T * 1.1 + c
+    posed = rt(face_from(rolled, rot(roll_deg=30)), astronaut_portrait, 1.0)
+    half = eased_to_rest(posed, astronaut_portrait.face.landmarks, 0.5)
+    rest = astronaut_portrait.face.landmarks.astype(np.float64)
+    centre = half.center.astype(np.float64)
+    rigid = centre + half.scale * (rest - centre) @ half.rotation.astype(np.float64).T + half.translation
+    assert np.abs(half.landmarks - rigid)[:, :2].max() < 1.0  # the rest face carried by the eased pose
