@@ -72,6 +72,7 @@ class App:
         self.stats = Stats()
         self.stop_requested = threading.Event()
         self.interrupted = False  # stopped by Ctrl-C (or SIGTERM/SIGHUP), not by the source's end
+        self.stopped_by: int | None = None  # ... the signal's number
         self.output_failure: str | None = None  # set when the only output failed and the run stopped
         self.sinks: list[Sink] = list(extra_sinks or [])
         self.recorder: RecorderSink | None = None
@@ -232,7 +233,7 @@ class App:
             s = self.retargeter.settings
             step = -0.1 if ch == "-" else 0.1
             s.expression_gain = round(min(3.0, max(0.0, s.expression_gain + step)), 2)
-            print(f"Expression gain {s.expression_gain:.1f}", flush=True)
+            print(f"Expression gain {s.expression_gain:g}", flush=True)
         elif ch == "o" and self.preview:
             self.preview.show_landmarks = not self.preview.show_landmarks
         elif ch == "f" and self.preview:
@@ -416,8 +417,6 @@ class App:
         capture = getattr(self, "capture", None)
         if capture is not None:
             capture.stop()
-            self.stats.frames_in = capture.frames_read
-            self.stats.frames_dropped = capture.frames_dropped + self._stale_dropped
             if isinstance(capture.error, UserError):
                 self.capture_error = capture.error
             elif capture.error is not None:
@@ -427,6 +426,9 @@ class App:
         if tracking_alive:
             self._tracking.join(timeout=10.0)
             tracking_alive = self._tracking.is_alive()
+        if capture is not None:  # counted once the tracking thread hands over no more
+            self.stats.frames_in = capture.frames_read
+            self.stats.frames_dropped = capture.frames_dropped + self._stale_dropped
         self.stats.finish()
         for close in reversed(self._closers):
             if tracking_alive and getattr(close, "__self__", None) is getattr(self, "tracker", None):
@@ -456,6 +458,7 @@ class App:
             say("\nStopping (finishing the recording) ..." if self.config.record else "\nStopping ...",
                 file=sys.stderr)
             self.interrupted = True
+            self.stopped_by = signum
             self.stop_requested.set()
 
         # SIGHUP: the terminal closed (an SSH session dropped); the recording is finalized too.

@@ -228,7 +228,8 @@ class ImageFolderSource(Source):
         self.fps = fps
         self.loop = loop
         self.description = self.folder.name
-        self.paths = sorted((p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+        self.paths = sorted((p for p in self.folder.iterdir()  # (not hidden files: macOS's "._x.png")
+                             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
                             key=natural_order)
         if not self.paths:
             raise UserError(f"The folder '{self.folder}' holds no images (jpg, png, ...); put the "

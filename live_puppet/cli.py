@@ -286,7 +286,7 @@ def cmd_run(args) -> int:
         line += f"; recording: {config.record}" if app.recorder.written else "; nothing was recorded"
     print(line, flush=True)
     # A camera or --loop run ends this way; a file stopped before its end did not finish.
-    return 130 if stopped else 0
+    return 128 + (app.stopped_by or 2) if stopped else 0  # 130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -627,7 +627,8 @@ def expand_clips(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_SUFFIXES)
+            found = sorted(q for q in p.iterdir()  # (not hidden files: macOS's "._name.mp4")
+                           if q.suffix.lower() in VIDEO_SUFFIXES and not q.name.startswith("."))
             if not found:
                 raise UserError(f"The folder '{p}' holds no videos (mp4, mov, mkv, ...); pass "
                                 f"video files or a folder of them.")

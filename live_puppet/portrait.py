@@ -219,14 +219,14 @@ def load_portrait(path: Path, tracker, size: tuple[int, int] | None = None,
         todo = ("crop the picture around the face" if max(h, w) > MAX_ASPECT * min(h, w) else
                 f"give a larger {option}")
         raise UserError(f"The face in '{path}' is {full.face_size():.0f} pixels across, but only "
-                        f"{full.face_size() * scale:.0f} at the output canvas's {image.shape[1]}x"
+                        f"{int(full.face_size() * scale)} at the output canvas's {image.shape[1]}x"
                         f"{image.shape[0]} px (at least {MIN_FACE_PX} needed); {todo}.")
     if face is None:
         raise UserError(f"No face was found in '{path}'; use a portrait where one face is clearly "
                         f"visible and roughly frontal (if it is small in the picture, crop closer "
                         f"around it; if it fills the picture, use one with some space around the "
                         f"head).")
-    raise UserError(f"The face in '{path}' is only {face.face_size():.0f} pixels across; use a "
+    raise UserError(f"The face in '{path}' is only {int(face.face_size())} pixels across; use a "
                     f"larger image or crop it closer around the face (at least {MIN_FACE_PX} px).")
 
 

@@ -89,6 +89,7 @@ def test_image_folder_in_name_order_with_numbers_by_value(tmp_path):
     for i in (2, 0, 10, 1):  # unpadded numbers: f10 comes after f2, not after f1
         cv2.imwrite(str(tmp_path / f"f{i}.png"), np.full((8, 8, 3), i * 20, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "._f1.png").write_bytes(b"\0\5\26\7")  # macOS's resource file: skipped, not warned of
     levels = [int(img.mean()) for img in ImageFolderSource(tmp_path).frames()]
     assert levels == [0, 20, 40, 200]
 

@@ -273,7 +273,7 @@ def run_training(opts: TrainOptions, echo=print) -> Path:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     device = resolve_device(opts.device)
-    created = not Path(opts.out).exists()
+    created = not Path(opts.out).expanduser().exists()
     run_dir = writable_folder(opts.out, "the training run", "--out")  # before the data: says sooner
     last = run_dir / "last.safetensors"
     try:
