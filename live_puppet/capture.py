@@ -22,6 +22,8 @@ import numpy as np
 from live_puppet.errors import UserError, warn
 from live_puppet.types import Frame
 
+MAX_SOURCE_FPS = 240.0  # a rate above this is not a real one (an album cover says 90000): 30 is taken
+TRUNCATED_SHARE = 0.9  # a file ending before this share of the frames its header announces is named
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # what counts as a video in a folder
 
@@ -161,27 +163,41 @@ class VideoFileSource(Source):
         self.path = Path(path)
         self.loop = loop
         self.description = self.path.name
-        if not self.path.is_file():
+        if not self.path.exists():
             raise UserError(f"The video '{self.path}' does not exist; pass an existing video file, "
                             f"a folder of images or a camera index to --source.")
+        if not self.path.is_file():
+            raise UserError(f"'{self.path}' is not a video file (a device or a pipe); pass a video "
+                            f"file, a folder of pictures, or a camera by its index (--source 0).")
         if self.path.suffix.lower() in IMAGE_SUFFIXES:
             raise UserError(f"'{self.path}' is a picture, not a video; pass a video file, a folder "
                             f"of pictures or a camera index to --source.")
+        covers_only = False
         try:
             with av.open(str(self.path)) as container:
-                if not container.streams.video:
+                moving = [v for v in container.streams.video if not _is_cover_art(v)]
+                covers_only = bool(container.streams.video) and not moving
+                if not moving:
                     raise ValueError("no video stream")
-                stream = container.streams.video[0]
-                rate = stream.average_rate or stream.base_rate or 30
-                self.fps = float(rate)
+                stream = moving[0]
+                self._stream_index = stream.index
+                rate = float(stream.average_rate or stream.base_rate or 0)
+                self.fps = rate if 1.0 <= rate <= MAX_SOURCE_FPS else 30.0
                 frame_count = int(stream.frames or 0)  # 0: the container does not say
+                # AVI keeps no presentation times for B-frames: the times FFmpeg guesses come out of
+                # order (1, 4, 3, 5, 2 ...); frames are taken at the nominal rate instead.
+                self._use_times = "avi" not in container.format.name.split(",")
                 if next(container.decode(stream), None) is None:
                     raise ValueError("no frame")
         except Exception:
+            if covers_only:
+                raise UserError(f"'{self.path}' holds no video, only sound (its picture is cover "
+                                f"art); pass a video file to --source.") from None
             raise UserError(f"'{self.path}' could not be read as a video; pass a video file "
                             f"(mp4, mov, avi, mkv, webm ...) to --source.") from None
+        self.frames_announced = frame_count
         self.length = frame_count if frame_count > 0 and not loop else None
-        self._damage_told = False  # the damaged tail is named once, not at every loop
+        self._damage_told = False  # damage is named once, not at every loop
 
     def frames(self) -> Iterator[np.ndarray]:
         for image, _ in self.timed_frames():
@@ -196,28 +212,48 @@ class VideoFileSource(Source):
         while True:
             end = offset
             with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
+                stream = container.streams[self._stream_index]
                 stream.thread_type = "AUTO"
                 decoded = 0
                 first = None
-                try:
-                    for frame in container.decode(stream):
-                        decoded += 1
-                        t = frame.time
-                        if t is not None:
-                            first = t if first is None else first
-                            t = offset + t - first  # from 0, whatever the container's start
-                            if t < end - 1.0 / self.fps:  # times going back (a joined clip)
-                                t = end
-                            end = max(end, t + 1.0 / self.fps)
-                        yield upright(frame.to_ndarray(format="bgr24"), frame.rotation), t
-                except av.error.InvalidDataError:  # a damaged tail ends the clip like its end would
-                    if not self._damage_told:
-                        warn(f"'{self.path.name}' is damaged after frame {decoded}; the clip ends there.")
-                        self._damage_told = True
+                for frame in self._decoded(container, stream, lambda: decoded):
+                    decoded += 1
+                    t = frame.time if self._use_times else None
+                    if t is not None:
+                        first = t if first is None else first
+                        t = offset + t - first  # from 0, whatever the container's start
+                        if t < end - 1.0 / self.fps:  # times going back (a joined clip)
+                            t = end
+                        end = max(end, t + 1.0 / self.fps)
+                    yield upright(frame.to_ndarray(format="bgr24"), frame.rotation), t
+            if 0 < decoded < self.frames_announced * TRUNCATED_SHARE and not self._damage_told:
+                warn(f"'{self.path.name}' ended after {decoded} of the {self.frames_announced} "
+                     f"frames its header announces; the file may be incomplete (cut short while "
+                     f"copying or downloading?).")
+                self._damage_told = True
             if not self.loop:
                 return
             offset = end if end > offset else offset + decoded / self.fps
+
+    def _decoded(self, container, stream, count):
+        """The stream's frames; a damaged packet is skipped (said once), as players do."""
+        import av
+
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()
+            except av.error.InvalidDataError:
+                if not self._damage_told:
+                    warn(f"'{self.path.name}' is damaged after frame {count()}; the damaged part is "
+                         f"skipped.")
+                    self._damage_told = True
+
+
+def _is_cover_art(stream) -> bool:
+    """A picture attached to a sound file (an album cover), shown as a one-frame video stream."""
+    import av
+
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
 class ImageFolderSource(Source):
@@ -238,6 +274,7 @@ class ImageFolderSource(Source):
 
     def frames(self) -> Iterator[np.ndarray]:
         unreadable: set[Path] = set()
+        told = False  # the count of unreadable pictures is said once, not at every loop
         while True:
             for path in self.paths:
                 image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -245,13 +282,37 @@ class ImageFolderSource(Source):
                     yield image
                 elif path not in unreadable:
                     unreadable.add(path)
-                    warn(f"skipped '{path.name}' in the source folder: it is not a readable picture.")
+                    if len(unreadable) <= 3:
+                        warn(f"skipped '{path.name}' in the source folder: it is not a readable picture.")
+            if len(unreadable) == len(self.paths):  # (with --loop it went round and round)
+                raise UserError(f"None of the {len(self.paths)} pictures in '{self.folder}' can be "
+                                f"read; put readable JPEG or PNG frames there.")
+            if len(unreadable) > 3 and not told:
+                warn(f"skipped {len(unreadable)} unreadable pictures in the source folder in all.")
+            told = True
             if not self.loop:
                 return
 
 
+def fit_into(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`image` scaled to fit (height, width) `size`, centred, the rest black."""
+    h, w = size
+    scale = min(w / image.shape[1], h / image.shape[0])
+    rw, rh = max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))
+    resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    out = np.zeros((h, w, 3), np.uint8)
+    y0, x0 = (h - rh) // 2, (w - rw) // 2
+    out[y0:y0 + rh, x0:x0 + rw] = resized
+    return out
+
+
 def open_source(spec: str, loop: bool = False, camera_size=(640, 480), camera_fps=30.0) -> Source:
     """A camera index ("0"), a video file or a folder of images."""
+    if not spec.strip():  # (an unset $VIDEO): not the working folder's pictures
+        raise UserError("--source is empty; pass a camera index, a video file or a folder of pictures.")
+    if "://" in spec:
+        raise UserError(f"'{spec}' is an address; live-puppet reads cameras and local files: download "
+                        f"the clip first, or pass a camera index to --source.")
     if spec.isdigit():
         return CameraSource(int(spec), size=camera_size, fps=camera_fps)
     path = Path(spec).expanduser()
@@ -288,6 +349,10 @@ class Capture:
     def _run(self) -> None:
         period = 1.0 / max(self.source.fps, 1e-3)
         start = time.perf_counter()
+        # Every frame at the first one's size: a folder of pictures of several sizes, a stream whose
+        # resolution changes (a browser's recording), a camera reopened at another size. Landmarks
+        # are in pixels: the same face at another size read as the head jumping and shrinking.
+        size = None
         try:
             for i, (image, at) in enumerate(self.source.timed_frames()):
                 if self._stop.is_set():
@@ -297,6 +362,9 @@ class Capture:
                     delay = start + at - time.perf_counter()
                     if delay > 0:
                         self._stop.wait(delay)
+                size = size or image.shape[:2]
+                if image.shape[:2] != size:
+                    image = fit_into(image, size)
                 mirrored = self.mirror  # read once: the hotkey may flip it meanwhile
                 if mirrored:
                     image = cv2.flip(image, 1)

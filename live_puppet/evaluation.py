@@ -63,6 +63,7 @@ MOVED_FEATURE_STD = 0.01  # a feature counts as moved by the driver when its std
 # MediaPipe in video mode on a still painting: feature std up to 0.0043 (150 frames, each of the
 # five ../shared paintings); an output below this does not move and its r is 0.
 STILL_FEATURE_STD = 0.005
+MIN_SCORED_FRAMES = 10  # a pair with fewer frames than this (a clip ending early) is not scored
 CROSS_SHEET_ZOOM = 2.0  # cross-reenactment sheets show a square twice the output face's size
 ANGLE_NAMES = ("yaw", "pitch", "roll")
 
@@ -762,9 +763,11 @@ def run_eval_task(task: EvalTask, options: EvalOptions) -> PairResult:
         raise KeyboardInterrupt
     if sink.error is not None:
         raise RuntimeError(f"evaluating {task.name} failed: {sink.error}") from sink.error
-    if len(sink.records) < last:
+    if len(sink.records) < min(last, MIN_SCORED_FRAMES):
         raise UserError(f"Evaluating {task.name} stopped after {len(sink.records)} of {last} frames "
-                        f"(interrupted, or '{clip.path.name}' ends early); nothing was scored.")
+                        f"('{clip.path.name}' ends early); nothing was scored.")
+    # (A clip that ends before its header says, damaged or cut short, is scored as far as it goes;
+    # the source said so.)
     sheet_path = sheet.save(options.out_dir / f"{stem}_sheet.png")
     return summarize_pair(
         sink.records, name=task.name, mode=task.mode, engine=task.engine,
@@ -870,7 +873,9 @@ def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
     from live_puppet.portrait import check_portraits
 
     for clip in dict.fromkeys(t.driving for t in tasks):
-        probe_clip(clip)
+        info = probe_clip(clip)
+        if any(t.portrait is None and t.driving == clip for t in tasks):
+            _check_first_frame(info, options)
     if any(t.engine == "neural" for t in tasks):
         from live_puppet.training.checkpoint import load_checkpoint
 
@@ -881,6 +886,19 @@ def check_inputs(tasks: Sequence[EvalTask], options: EvalOptions) -> None:
     portraits = list(dict.fromkeys(t.portrait for t in tasks if t.portrait is not None))
     if portraits:
         check_portraits(portraits, options.landmarker_model, options.size, [options.max_side])
+
+
+def _check_first_frame(clip: ClipInfo, options: EvalOptions) -> None:
+    """A self-reenactment's portrait is its clip's first frame: it must show a face."""
+    from live_puppet.portrait import MIN_FACE_PX, find_face, fit_canvas
+    from live_puppet.tracking import Tracker, resolve_landmarker_model
+
+    with Tracker(resolve_landmarker_model(options.landmarker_model), mode="image") as tracker:
+        face = find_face(tracker, fit_canvas(clip.first_frame, options.size, options.max_side))
+    if face is None or face.face_size() < MIN_FACE_PX:
+        raise UserError(f"The first frame of '{clip.path.name}' shows no face big enough to be the "
+                        f"portrait of a self-reenactment; trim the clip to start on a face, or leave "
+                        f"it out.")
 
 
 def run_eval(tasks: Sequence[EvalTask], options: EvalOptions,

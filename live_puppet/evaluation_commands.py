@@ -260,6 +260,10 @@ def bench_handler(args: argparse.Namespace) -> int:
 
     check_portraits([args.portrait], args.landmarker_model, args.size, args.sizes or [args.max_side],
                     canvas_flag="--sizes" if args.sizes else None)  # before any worker starts
+    if clip.frames < MIN_BENCH_FRAMES:
+        raise UserError(f"'{args.driving}' has {clip.frames} frame{'' if clip.frames == 1 else 's'}; "
+                        f"bench needs a clip of {MIN_BENCH_FRAMES} or more to measure anything but "
+                        f"warm-up.")
     if neural and "onnxruntime-int8" in backends:  # speed does not depend on which sketches calibrate
         from live_puppet.backends.calibration import ensure_calibration_set
 

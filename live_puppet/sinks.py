@@ -279,6 +279,8 @@ class RecorderSink(Sink):
             except Exception as exc:  # disk full, ...: keep draining, report on close
                 self.error = exc
 
+    _placed = False  # this run's recording was moved into place
+
     def send(self, image: np.ndarray, info: FrameInfo) -> None:
         if self.error is not None:
             raise RuntimeError(str(self.error))
@@ -297,6 +299,7 @@ class RecorderSink(Sink):
             if self.error is None and self.partial.exists():  # (no frame came: no file was made)
                 try:
                     os.replace(self.partial, self.path)
+                    self._placed = True
                 except OSError as exc:
                     self.error = exc  # what was recorded stays in self.partial
                     raise
@@ -309,7 +312,7 @@ class RecorderSink(Sink):
     @property
     def written(self) -> bool:
         """Whether the recording exists under its name (some frames came, and all went well)."""
-        return self.error is None and self.path.is_file() and not self.partial.exists()
+        return self.error is None and self._placed  # (not an earlier take of the same name)
 
     def _unlock(self) -> None:
         lock, self._lock = self._lock, None

@@ -328,8 +328,14 @@ def test_a_slow_render_still_sees_every_frame_of_a_file(tmp_path, landmarker_mod
     (["eval", "--self", "missing.mp4", "--engine", "nope"], "Unknown engine"),
     (["bench", "--portrait", "p.jpg"], "--driving"),
     (["bench", "--backend", "torch,tensorflow"], "not a list of backends"),
+    (["bench", "--driving", "ONE_FRAME", "--portrait", "PORTRAIT"], "has 1 frame; bench needs a clip of 10"),
 ])
-def test_bad_eval_and_bench_arguments_get_one_line_and_exit_code_2(argv, message, capsys):
+def test_bad_eval_and_bench_arguments_get_one_line_and_exit_code_2(argv, message, capsys, tmp_path):
+    if "ONE_FRAME" in argv:  # (it printed a row of 0.0 fps and 0.0 ms)
+        from conftest import write_video
+
+        argv[argv.index("ONE_FRAME")] = str(write_video(tmp_path / "one.mp4", [np.zeros((64, 64, 3), np.uint8)]))
+        argv[argv.index("PORTRAIT")] = str(need(PORTRAITS / "mona_lisa.jpg"))
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("live-puppet: error:")
@@ -403,3 +409,28 @@ def test_eval_with_the_neural_engine_needs_its_checkpoint_before_any_pair(tmp_pa
     assert main(["eval", "--self", str(clip), "--engine", "warp,neural", "--frames", "4",
                  "--out", str(tmp_path / "out")]) == 2
     assert "needs a trained model" in capsys.readouterr().err
+
+
+def test_self_reenactment_of_a_clip_starting_without_a_face_says_so(tmp_path, capsys, landmarker_model):
+    # Its first frame is the portrait: the error named a deleted temporary picture and gave advice
+    # about a portrait the user never passed.
+    from conftest import write_video
+
+    clip = write_video(tmp_path / "empty_start.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 12)
+    assert main(["eval", "--self", str(clip), "--frames", "10", "--landmarker-model",
+                 str(landmarker_model)]) == 2
+    err = capsys.readouterr().err
+    assert "The first frame of 'empty_start.mp4' shows no face" in err and "live-puppet-eval-" not in err
+
+
+def test_a_clip_cut_short_is_scored_as_far_as_it_goes(tmp_path, capsys, landmarker_model):
+    # "stopped after 72 of 75 frames ...; nothing was scored": 72 good frames thrown away.
+    data = need(DRIVING / "d20.mp4").read_bytes()  # (its index comes first: a cut copy still opens)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 12 // 100])
+    assert main(["eval", "--self", str(cut), "--frames", "40", "--engine", "warp", "--out",
+                 str(tmp_path / "out"), "--json", str(tmp_path / "scores.json"),
+                 "--landmarker-model", str(landmarker_model)]) == 0
+    assert "frames its header announces" in capsys.readouterr().err
+    scored = json.loads((tmp_path / "scores.json").read_text())["results"][0]["frames"]
+    assert 10 <= scored < 40

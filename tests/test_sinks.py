@@ -108,6 +108,9 @@ def test_a_second_recording_to_the_same_file_is_refused_and_a_failed_one_keeps_t
         second.send(np.zeros((240, 320, 3), np.uint8), FrameInfo(index=0, media_time=0.0))
     second.close()
     assert path.read_bytes() == done and not second.written  # the earlier take is kept
+    third = RecorderSink(path, (320, 240), 30)  # a run that got no frame at all
+    third.close()
+    assert path.read_bytes() == done and not third.written  # "Done" claimed the earlier take as its own
 
 
 def test_a_recording_that_got_no_frame_closes_quietly_and_writes_nothing(tmp_path):
