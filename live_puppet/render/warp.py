@@ -202,9 +202,10 @@ class WarpEngine(Engine):
         column repeated drew streaks (each row one colour), and a mirror showed a second eye."""
         warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         h, w = image.shape[:2]
-        beyond = np.maximum(np.maximum(-map_x, map_x - (w - 1)), np.maximum(-map_y, map_y - (h - 1)))
-        if beyond.max() <= 0:
+        (x_lo, x_hi, _, _), (y_lo, y_hi, _, _) = cv2.minMaxLoc(map_x), cv2.minMaxLoc(map_y)
+        if x_lo >= 0 and y_lo >= 0 and x_hi <= w - 1 and y_hi <= h - 1:  # (the usual case: fast)
             return warped
+        beyond = np.maximum(np.maximum(-map_x, map_x - (w - 1)), np.maximum(-map_y, map_y - (h - 1)))
         if mesh.blurred is None:
             mesh.blurred = cv2.GaussianBlur(image, (0, 0), EDGE_BLUR * max(h, w))
         filled = cv2.remap(mesh.blurred, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
