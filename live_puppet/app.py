@@ -5,6 +5,7 @@ Stages know nothing of the app; the app knows each stage only through its small 
 
 from __future__ import annotations
 
+import math
 import queue
 import signal
 import sys
@@ -109,7 +110,8 @@ class App:
         settings = RetargetSettings(expression_gain=c.expression_gain, **gains,
                                     neutral_frames=c.neutral_frames,
                                     neutral_keep=min(3, c.neutral_frames),
-                                    neutral_refine_frames=c.neutral_refine_frames)
+                                    neutral_refine_frames=c.neutral_refine_frames,
+                                    rehome_seconds=RetargetSettings.rehome_seconds if c.rehome else math.inf)
         if c.calibration is None:
             return Retargeter(settings)
         path = calibration_path(c.calibration, c.calibration_dir or default_calibration_dir())

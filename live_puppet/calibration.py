@@ -117,6 +117,13 @@ class Neutral:
         """The face frontalised, centred on its rigid points and scaled to unit size."""
         return ((self.landmarks - self.center) @ self.rotation) / self.size
 
+    def moved_to(self, face: FaceState) -> "Neutral":
+        """This neutral moved and scaled to where `face`'s rigid points are (its turn kept)."""
+        center, size = rigid_frame(face.landmarks)
+        lms = (self.landmarks - self.center) * (size / self.size) + center
+        return Neutral(landmarks=lms, rotation=self.rotation, center=center, size=size,
+                       activity=self.activity)
+
     @classmethod
     def place(cls, shape: np.ndarray, face: FaceState, act: float = 0.0) -> "Neutral":
         """A stored shape put where `face` is now (its rigid points' pose, position and size)."""

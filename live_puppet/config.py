@@ -58,6 +58,8 @@ class RunConfig:
     neutral_frames: int = 5
     # Later frames in which a clearly calmer face replaces the neutral (0: never).
     neutral_refine_frames: int = 150
+    # A driver back after more than 3 s away is at home where they are (False: the neutral stays).
+    rehome: bool = True
     # Name of a saved calibration (the user's neutral face) to reuse and update; None: none.
     calibration: str | None = None
     # Folder of saved calibrations and INT8 calibration sets (None: calibration/ beside engines/).

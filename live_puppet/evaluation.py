@@ -717,7 +717,7 @@ def eval_config(task: EvalTask, portrait: Path, clip: ClipInfo, options: EvalOpt
     # In self-reenactment the portrait *is* the clip's first frame, so that frame is the driver's
     # neutral (motion relative to the source frame, as in the literature); cross-reenactment
     # calibrates as `run` does.
-    neutral = dict(neutral_frames=1, neutral_refine_frames=0) if self_reenactment else {}
+    neutral = dict(neutral_frames=1, neutral_refine_frames=0, rehome=False) if self_reenactment else {}
     return RunConfig(portrait=portrait, source=str(clip.path), realtime=False, loop=False,
                      landmarker_model=options.landmarker_model, engine=task.engine,
                      checkpoint=options.checkpoint, backend=options.backend, size=size,

@@ -101,7 +101,8 @@ class RetargetSettings:
     hold_seconds: float = 0.3  # a face lost this long or less keeps its last pose (a blur, a hand)
     ease_seconds: float = 0.5  # ... after which the portrait eases back to its rest pose over this
     # A face back after this long away (the user left and sat down again) makes its place and size
-    # the new home: the neutral face is re-placed there (its shape kept).
+    # the new home: the neutral face is moved and scaled there (its shape and its turn kept: a face
+    # is often picked up again while still turned, which must not become "straight ahead").
     rehome_seconds: float = 3.0
 
 
@@ -290,7 +291,7 @@ class Retargeter:
         away = None if self._seen_at is None else timestamp - self._seen_at
         self._seen_at = timestamp
         if self.neutral is not None and away is not None and away > self.settings.rehome_seconds:
-            self.neutral = Neutral.place(self.neutral.shape(), face, self.neutral.activity)
+            self.neutral = self.neutral.moved_to(face)
             self._filter.reset()
         if not self._update_neutral(face):
             return None

@@ -427,3 +427,19 @@ def test_easing_back_to_rest_keeps_the_face_on_the_moving_head(astronaut_portrai
     centre = half.center.astype(np.float64)
     rigid = centre + half.scale * (rest - centre) @ half.rotation.astype(np.float64).T + half.translation
     assert np.abs(half.landmarks - rigid)[:, :2].max() < 1.0  # the rest face carried by the eased pose
+
+
+def test_a_driver_back_still_turned_does_not_make_that_turn_straight_ahead(astronaut_portrait):
+    # Re-homing copied the returning face's turn: looking at the camera then turned the portrait
+    # the other way until c was pressed.
+    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy()
+    c = neutral.mean(0)
+    turned = (neutral - c) @ rot(25).T + c
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    for t in np.arange(1.0, 5.0, 0.5):  # away
+        rt(None, astronaut_portrait, t)
+    back_turned = rt(face_from(turned, rot(25)), astronaut_portrait, 5.0)
+    straight = rt(face_from(neutral), astronaut_portrait, 5.5)
+    angle = lambda target: np.degrees(np.linalg.norm(cv2.Rodrigues(target.rotation.astype(np.float64))[0]))  # noqa: E731
+    assert angle(back_turned) == pytest.approx(25, abs=1.0) and angle(straight) < 1.0
