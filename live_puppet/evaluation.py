@@ -894,7 +894,8 @@ def _check_first_frame(clip: ClipInfo, options: EvalOptions) -> None:
     from live_puppet.tracking import Tracker, resolve_landmarker_model
 
     with Tracker(resolve_landmarker_model(options.landmarker_model), mode="image") as tracker:
-        face = find_face(tracker, fit_canvas(clip.first_frame, options.size, options.max_side))
+        # (on the canvas the run gives it: the clip's own size)
+        face = find_face(tracker, fit_canvas(clip.first_frame, (clip.width, clip.height), options.max_side))
     if face is None or face.face_size() < MIN_FACE_PX:
         raise UserError(f"The first frame of '{clip.path.name}' shows no face big enough to be the "
                         f"portrait of a self-reenactment; trim the clip to start on a face, or leave "

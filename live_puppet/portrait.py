@@ -163,7 +163,8 @@ def find_face(tracker, image: np.ndarray) -> FaceState | None:
             left, top = int(round(cx - half)), int(round(cy - half))
             side = int(round(2 * half))
             refined = tracker.track(image[top:top + side, left:left + side])
-            return _shifted(refined, left, top, size) if refined is not None else None
+            if refined is not None:
+                return _shifted(refined, left, top, size)
     return None
 
 

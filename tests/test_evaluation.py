@@ -434,3 +434,18 @@ def test_a_clip_cut_short_is_scored_as_far_as_it_goes(tmp_path, capsys, landmark
     assert "frames its header announces" in capsys.readouterr().err
     scored = json.loads((tmp_path / "scores.json").read_text())["results"][0]["frames"]
     assert 10 <= scored < 40
+
+
+def test_self_reenactment_checks_the_first_frame_at_the_clip_s_own_size(tmp_path, capsys, astronaut,
+                                                                        landmarker_model):
+    # The check enlarged a 320x240 frame to 512 px, where a 40 px face passed; the run, at the
+    # clip's own size, then failed naming a deleted temporary picture.
+    from conftest import write_video
+
+    frame = np.full((240, 320, 3), 128, np.uint8)
+    frame[20:225, 60:265] = cv2.resize(astronaut, (205, 205), interpolation=cv2.INTER_AREA)
+    clip = write_video(tmp_path / "small.mp4", [frame] * 12)
+    assert main(["eval", "--self", str(clip), "--frames", "10", "--landmarker-model",
+                 str(landmarker_model)]) == 2
+    err = capsys.readouterr().err
+    assert "The first frame of 'small.mp4' shows no face big enough" in err and "live-puppet-eval-" not in err

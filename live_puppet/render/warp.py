@@ -128,12 +128,14 @@ def _mouth_style(image: np.ndarray, xy: np.ndarray) -> _MouthStyle:
     # Within the picture's own range of tones (1st and 99th percentiles of its grey around the
     # face: not a --size canvas's black bars): a dark picture's teeth glowed at grey 87 in a face of
     # 14, and a washed-out one's mouth was a black hole (27) where nothing was darker than 211.
-    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    lit = cv2.findNonZero((grey > 0).astype(np.uint8))  # the picture, not a canvas's black bars
+    bx, by, bw, bh = cv2.boundingRect(lit) if lit is not None else (0, 0, grey.shape[1], grey.shape[0])
+    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)  # ... around the face
     grow_x, grow_y = (x1 - x0) / 2, (y1 - y0) / 2
-    h, w = image.shape[:2]
-    around = image[max(0, int(y0 - grow_y)):min(h, int(y1 + grow_y) + 1),
-                   max(0, int(x0 - grow_x)):min(w, int(x1 + grow_x) + 1)]
-    dark, bright = np.percentile(cv2.cvtColor(around, cv2.COLOR_BGR2GRAY), (1, 99))
+    around = grey[max(by, int(y0 - grow_y)):min(by + bh, int(y1 + grow_y) + 1),
+                  max(bx, int(x0 - grow_x)):min(bx + bw, int(x1 + grow_x) + 1)]
+    dark, bright = np.percentile(around if around.size else grey, (1, 99))
     cavity = dark + (lip_colour - dark) * 0.22 + np.array([4, 4, 10.0]) * (bright - dark) / 255
     teeth = np.clip(skin * 0.55 + bright * 0.35, 0, 255) * np.array([0.92, 0.97, 1.0])
     width = np.linalg.norm(xy[fm.MOUTH_CORNERS[0]] - xy[fm.MOUTH_CORNERS[1]]) + 1e-6
