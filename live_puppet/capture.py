@@ -8,7 +8,9 @@ once, in order.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import heapq
 import re
 import queue
 import threading
@@ -23,7 +25,8 @@ from live_puppet.errors import UserError, warn
 from live_puppet.types import Frame
 
 MAX_SOURCE_FPS = 240.0  # a rate above this is not a real one (an album cover says 90000): 30 is taken
-TRUNCATED_SHARE = 0.9  # a file ending before this share of the frames its header announces is named
+TRUNCATED_SHARE = 0.9  # a file ending before this share of the duration its header gives is named
+AVI_REORDER = 4  # pictures waited for before an AVI's out-of-order times are given out in order
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # what counts as a video in a folder
 
@@ -185,8 +188,15 @@ class VideoFileSource(Source):
                 self.fps = rate if 1.0 <= rate <= MAX_SOURCE_FPS else 30.0
                 frame_count = int(stream.frames or 0)  # 0: the container does not say
                 # AVI keeps no presentation times for B-frames: the times FFmpeg guesses come out of
-                # order (1, 4, 3, 5, 2 ...); frames are taken at the nominal rate instead.
-                self._use_times = "avi" not in container.format.name.split(",")
+                # order (1, 4, 3, 5, 2 ...) though the pictures come in order; they are sorted back.
+                self._reorder = "avi" in container.format.name.split(",")
+                # How long the header says the clip is (None: it does not say).
+                if stream.duration and stream.time_base:
+                    self.seconds_announced = float(stream.duration * stream.time_base)
+                elif container.duration:
+                    self.seconds_announced = container.duration / 1_000_000
+                else:
+                    self.seconds_announced = None
                 if next(container.decode(stream), None) is None:
                     raise ValueError("no frame")
         except Exception:
@@ -195,9 +205,8 @@ class VideoFileSource(Source):
                                 f"art); pass a video file to --source.") from None
             raise UserError(f"'{self.path}' could not be read as a video; pass a video file "
                             f"(mp4, mov, avi, mkv, webm ...) to --source.") from None
-        self.frames_announced = frame_count
         self.length = frame_count if frame_count > 0 and not loop else None
-        self._damage_told = False  # damage is named once, not at every loop
+        self._damage_told = self._short_told = False  # each named once, not at every loop
 
     def frames(self) -> Iterator[np.ndarray]:
         for image, _ in self.timed_frames():
@@ -215,25 +224,51 @@ class VideoFileSource(Source):
                 stream = container.streams[self._stream_index]
                 stream.thread_type = "AUTO"
                 decoded = 0
-                first = None
-                for frame in self._decoded(container, stream, lambda: decoded):
+                first = last = None
+                for frame, t in self._timed(self._decoded(container, stream, lambda: decoded)):
                     decoded += 1
-                    t = frame.time if self._use_times else None
                     if t is not None:
                         first = t if first is None else first
+                        last = t if last is None else max(last, t)
                         t = offset + t - first  # from 0, whatever the container's start
                         if t < end - 1.0 / self.fps:  # times going back (a joined clip)
                             t = end
                         end = max(end, t + 1.0 / self.fps)
                     yield upright(frame.to_ndarray(format="bgr24"), frame.rotation), t
-            if 0 < decoded < self.frames_announced * TRUNCATED_SHARE and not self._damage_told:
-                warn(f"'{self.path.name}' ended after {decoded} of the {self.frames_announced} "
-                     f"frames its header announces; the file may be incomplete (cut short while "
-                     f"copying or downloading?).")
-                self._damage_told = True
+            self._say_if_short(decoded, None if first is None else last - first + 1.0 / self.fps)
             if not self.loop:
                 return
             offset = end if end > offset else offset + decoded / self.fps
+
+    def _timed(self, frames):
+        """(frame, its time in seconds or None). In an AVI the times of pictures that came in
+        order are sorted back: each gets the smallest time not yet given, once a few more are in."""
+        if not self._reorder:
+            for frame in frames:
+                yield frame, frame.time
+            return
+        waiting: collections.deque = collections.deque()
+        times: list[float] = []
+        for frame in frames:
+            waiting.append(frame)
+            if frame.time is not None:
+                heapq.heappush(times, frame.time)
+            if len(waiting) > AVI_REORDER:
+                yield waiting.popleft(), heapq.heappop(times) if times else None
+        while waiting:
+            yield waiting.popleft(), heapq.heappop(times) if times else None
+
+    def _say_if_short(self, decoded: int, played: float | None) -> None:
+        """Name a clip that ends well before the duration its header gives (cut short while copying,
+        or damaged so that what follows cannot be decoded)."""
+        played = played if played is not None else decoded / self.fps
+        announced = self.seconds_announced
+        if self._short_told or not announced or played >= TRUNCATED_SHARE * announced - 0.2:
+            return
+        warn(f"'{self.path.name}' ended at {played:.1f} s of the {announced:.1f} s its header "
+             f"announces; the file may be incomplete (cut short while copying or downloading?) or "
+             f"damaged.")
+        self._short_told = True
 
     def _decoded(self, container, stream, count):
         """The stream's frames; a damaged packet is skipped (said once), as players do."""
