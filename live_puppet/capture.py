@@ -185,7 +185,7 @@ class VideoFileSource(Source):
                 stream = moving[0]
                 self._stream_index = stream.index
                 rate = float(stream.average_rate or stream.base_rate or 0)
-                self.fps = rate if 1.0 <= rate <= MAX_SOURCE_FPS else 30.0
+                self.fps = rate if 0.1 <= rate <= MAX_SOURCE_FPS else 30.0  # (a time-lapse: 0.5)
                 frame_count = int(stream.frames or 0)  # 0: the container does not say
                 # AVI keeps no presentation times for B-frames: the times FFmpeg guesses come out of
                 # order (1, 4, 3, 5, 2 ...) though the pictures come in order; they are sorted back.
@@ -323,7 +323,7 @@ class ImageFolderSource(Source):
                 raise UserError(f"None of the {len(self.paths)} pictures in '{self.folder}' can be "
                                 f"read; put readable JPEG or PNG frames there.")
             if len(unreadable) > 3 and not told:
-                warn(f"skipped {len(unreadable)} unreadable pictures in the source folder in all.")
+                warn(f"{len(unreadable)} pictures in the source folder could not be read and were skipped.")
             told = True
             if not self.loop:
                 return
@@ -345,7 +345,11 @@ def open_source(spec: str, loop: bool = False, camera_size=(640, 480), camera_fp
     """A camera index ("0"), a video file or a folder of images."""
     if not spec.strip():  # (an unset $VIDEO): not the working folder's pictures
         raise UserError("--source is empty; pass a camera index, a video file or a folder of pictures.")
-    if "://" in spec:
+    if spec.startswith("file://"):  # a local file given as an address (dragged from a browser)
+        from urllib.parse import unquote, urlparse
+
+        spec = unquote(urlparse(spec).path)
+    elif "://" in spec:
         raise UserError(f"'{spec}' is an address; live-puppet reads cameras and local files: download "
                         f"the clip first, or pass a camera index to --source.")
     if spec.isdigit():

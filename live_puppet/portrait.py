@@ -84,6 +84,9 @@ def _decode(path: Path, least_side: int | None, Image, ImageOps, UnidentifiedIma
                 grey = np.clip((grey - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
                 im = Image.fromarray(grey)
             rgb = np.asarray(im.convert("RGB"))
+        except MemoryError:
+            raise UserError(f"'{path}' is too large to read with the memory available; scale it "
+                            f"down first.") from None
         except Exception:  # whatever the decoder trips on in a broken file
             raise UserError(f"'{path}' is a {im.format or 'picture'} file that is damaged or cut "
                             f"short; use a complete copy of it.") from None

@@ -333,6 +333,8 @@ def test_sources_that_are_not_videos_say_what_they_are(tmp_path):
         open_source("http://example.com/clip.mp4")
     with pytest.raises(UserError, match="is not a video file \\(a device or a pipe\\)"):
         open_source("/dev/null")
+    with pytest.raises(UserError, match="The video '/no/such clip.mp4' does not exist"):
+        open_source("file:///no/such%20clip.mp4")  # a local file as an address: a path
     for i in range(3):
         (tmp_path / f"f{i}.png").write_text("not a picture")
     with pytest.raises(UserError, match="None of the 3 pictures in .* can be read"):
