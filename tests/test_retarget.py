@@ -349,14 +349,19 @@ def test_squeezed_cheek_points_are_smoothed_so_the_mesh_does_not_fold(astronaut_
     assert np.allclose(smooth_soft_tissue(shift, 2), shift)
 
 
+def calibrated_with_a_turn(portrait, yaw_deg):
+    """A retargeter calibrated on the portrait's own face, and that face turned by `yaw_deg`."""
+    neutral = portrait.face.landmarks.astype(np.float64).copy()
+    c = neutral.mean(0)
+    rt = Retargeter(settings())
+    drive(rt, portrait, [face_from(neutral)] * 3)
+    return rt, neutral, face_from((neutral - c) @ rot(yaw_deg).T + c, rot(yaw_deg))
+
+
 def test_a_face_lost_for_a_moment_keeps_its_pose_then_eases_back_to_rest(astronaut_portrait):
     # A frame blurred by fast motion has no face: the portrait snapped to its rest pose and back.
-    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy()
-    c = neutral.mean(0)
-    turned = (neutral - c) @ rot(20).T + c
-    rt = Retargeter(settings())
-    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
-    posed = rt(face_from(turned, rot(20)), astronaut_portrait, 1.0)
+    rt, _, turned = calibrated_with_a_turn(astronaut_portrait, 20)
+    posed = rt(turned, astronaut_portrait, 1.0)
     rest = astronaut_portrait.face.landmarks
 
     def away(t):  # how far from the rest pose, as a share of the pose's
@@ -371,7 +376,7 @@ def test_a_face_lost_for_a_moment_keeps_its_pose_then_eases_back_to_rest(astrona
     halfway = away(1.0 + s.hold_seconds + s.ease_seconds / 2)
     assert 0.3 < halfway < 0.7  # easing back
     assert away(1.0 + s.hold_seconds + s.ease_seconds + 0.01) == 0.0  # at rest: the driver left
-    again = rt(face_from(turned, rot(20)), astronaut_portrait, 3.0)  # back: posed at once
+    again = rt(turned, astronaut_portrait, 3.0)  # back: posed at once
     assert np.abs(again.landmarks - posed.landmarks).max() < 1e-3
 
 
@@ -432,14 +437,10 @@ def test_easing_back_to_rest_keeps_the_face_on_the_moving_head(astronaut_portrai
 def test_a_driver_back_still_turned_does_not_make_that_turn_straight_ahead(astronaut_portrait):
     # Re-homing copied the returning face's turn: looking at the camera then turned the portrait
     # the other way until c was pressed.
-    neutral = astronaut_portrait.face.landmarks.astype(np.float64).copy()
-    c = neutral.mean(0)
-    turned = (neutral - c) @ rot(25).T + c
-    rt = Retargeter(settings())
-    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    rt, neutral, turned = calibrated_with_a_turn(astronaut_portrait, 25)
     for t in np.arange(1.0, 5.0, 0.5):  # away
         rt(None, astronaut_portrait, t)
-    back_turned = rt(face_from(turned, rot(25)), astronaut_portrait, 5.0)
+    back_turned = rt(turned, astronaut_portrait, 5.0)
     straight = rt(face_from(neutral), astronaut_portrait, 5.5)
     angle = lambda target: np.degrees(np.linalg.norm(cv2.Rodrigues(target.rotation.astype(np.float64))[0]))  # noqa: E731
     assert angle(back_turned) == pytest.approx(25, abs=1.0) and angle(straight) < 1.0
