@@ -31,13 +31,28 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # what counts as a video in a folder
 
 
-def upright(image: np.ndarray, rotation: float | None) -> np.ndarray:
-    """A decoded video picture turned as its display matrix says (PyAV's `VideoFrame.rotation`:
-    degrees counter-clockwise), as players and OpenCV show it. A phone filming upright stores
-    sideways pictures and this rotation; read as stored, the face lies on its side and is not found.
-    """
-    turns = round((rotation or 0) / 90.0) % 4
-    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+def upright(frame) -> np.ndarray:
+    """A decoded video frame (PyAV) as BGR, turned and mirrored as its display matrix says, the way
+    FFmpeg's players show it. A phone filming upright stores sideways pictures and a rotation: read
+    as stored, the face lies on its side and is not found. A matrix that also mirrors (a selfie
+    camera's) was taken for a half turn: the face came out upside down."""
+    image = frame.to_ndarray(format="bgr24")
+    matrix = next((np.frombuffer(bytes(sd), np.int32)[:9] for sd in frame.side_data.keys()
+                   if "DISPLAYMATRIX" in str(sd) and len(bytes(sd)) >= 36), None)
+    theta = round(-(frame.rotation or 0) / 90.0) % 4 * 90  # clockwise turn to show it upright
+    if matrix is None:
+        return np.ascontiguousarray(np.rot90(image, -theta // 90)) if theta else image
+    # As FFmpeg's autorotate (fftools ffmpeg_filter.c): its transpose / hflip / vflip choices.
+    if theta == 90:
+        image = image.transpose(1, 0, 2) if matrix[3] > 0 else np.rot90(image, -1)
+    elif theta == 180:
+        image = image[:, ::-1] if matrix[0] < 0 else image
+        image = image[::-1] if matrix[4] < 0 else image
+    elif theta == 270:
+        image = np.rot90(image, -1)[::-1] if matrix[3] < 0 else np.rot90(image, 1)
+    elif matrix[4] < 0:
+        image = image[::-1]
+    return np.ascontiguousarray(image)
 
 
 def natural_order(path: Path) -> list:
@@ -234,7 +249,7 @@ class VideoFileSource(Source):
                         if t < end - 1.0 / self.fps:  # times going back (a joined clip)
                             t = end
                         end = max(end, t + 1.0 / self.fps)
-                    yield upright(frame.to_ndarray(format="bgr24"), frame.rotation), t
+                    yield upright(frame), t
             self._say_if_short(decoded, None if first is None else last - first + 1.0 / self.fps)
             if not self.loop:
                 return

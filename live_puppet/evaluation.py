@@ -611,7 +611,7 @@ def probe_clip(path: Path) -> ClipInfo:
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.base_rate or 30)
             frame = next(container.decode(stream))
-            first = upright(frame.to_ndarray(format="bgr24"), frame.rotation)
+            first = upright(frame)
         frames = 0
         with av.open(str(path)) as container:
             for packet in container.demux(video=0):

@@ -227,17 +227,18 @@ def test_a_variable_frame_rate_clip_keeps_each_frame_s_own_time(tmp_path):
     assert all(b > a for a, b in zip(times, times[1:]))  # the second pass follows the first
 
 
-def _phone_clip(path, upright_picture, rotation):
-    """A clip as a phone films upright: pictures stored turned, with a display matrix that says how
-    to turn them back (PyAV's rotation: degrees counter-clockwise)."""
+def _phone_clip(path, upright_picture, rotation, hflip=False):
+    """A clip as a phone films upright: pictures stored turned (and mirrored), with a display matrix
+    that says how to show them (PyAV's rotation: degrees counter-clockwise)."""
     import av
 
     stored = np.ascontiguousarray(np.rot90(upright_picture, -round(rotation / 90)))
+    stored = np.ascontiguousarray(stored[:, ::-1]) if hflip else stored
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=25)
         stream.width, stream.height = stored.shape[1], stored.shape[0]
         stream.pix_fmt = "yuv420p"
-        stream.set_display_rotation(rotation)
+        stream.set_display_rotation(rotation, hflip=hflip)
         for _ in range(3):
             for packet in stream.encode(av.VideoFrame.from_ndarray(stored, format="bgr24")):
                 container.mux(packet)
@@ -262,6 +263,17 @@ def test_a_phone_clip_is_shown_upright_as_players_show_it(tmp_path, rotation):
     assert ok and np.abs(seen_by_opencv.astype(int) - frames[0]).mean() < 2
     info = probe_clip(path)
     assert (info.width, info.height) == (384, 512) and info.first_frame.shape == picture.shape
+
+
+def test_a_mirrored_clip_is_mirrored_back_not_turned_upside_down(tmp_path):
+    # A display matrix that only mirrors reads as a half turn (rotation -180): it was turned, and
+    # the face came out upside down. (OpenCV does the same; FFmpeg's players mirror it.)
+    from skimage import data
+
+    picture = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[:, 64:448]
+    path = _phone_clip(tmp_path / "selfie.mp4", picture, 0, hflip=True)
+    frame = next(iter(VideoFileSource(path).frames()))
+    assert np.abs(frame.astype(int) - picture).mean() < 8
 
 
 def test_a_camera_that_comes_back_is_said_to_be_back_and_its_loss_said_once(monkeypatch, capsys):
