@@ -280,6 +280,9 @@ def cmd_run(args) -> int:
         app.source.is_live and not config.loop else ""
     line = (f"Done{stopped}: {out} frame{'' if out == 1 else 's'} out of {summary['frames_in']} in, "
             f"{summary['frames_dropped']} dropped")
+    unused = summary["frames_in"] - out - summary["frames_dropped"]
+    if unused > 0:  # read ahead when --max-frames (or a signal) stopped the run
+        line += f", {unused} read ahead unused"
     if out >= 2:  # a rate needs two frames
         line += f", {summary['fps']:.1f} fps"
     if app.recorder is not None:

@@ -107,6 +107,22 @@ def test_a_headless_run_shows_how_far_through_the_file_it_is(tmp_path, monkeypat
         assert total in shown.getvalue().splitlines()[-1]
 
 
+def test_the_done_line_accounts_for_every_frame_read(tmp_path, capsys, astronaut, landmarker_model):
+    # "Done: 60 frames out of 64 in, 0 dropped": 4 frames read ahead before --max-frames stopped
+    # the run were counted nowhere.
+    import re
+
+    face = tmp_path / "face.png"
+    cv2.imwrite(str(face), astronaut)
+    clip = write_video(tmp_path / "talk.mp4", [astronaut] * 30)
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--max-frames", "5"]) == 0
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Done")][-1]
+    out, read, dropped = map(int, re.search(r"(\d+) frames out of (\d+) in, (\d+) dropped", done).groups())
+    unused = re.search(r", (\d+) read ahead unused", done)
+    assert out + dropped + (int(unused.group(1)) if unused else 0) == read
+
+
 def test_a_recording_that_fails_mid_run_is_an_error_not_done(tmp_path, monkeypatch, capsys, astronaut,
                                                               landmarker_model):
     """Disk full while recording: exit 2 and a sentence, not 'Done ... recording: out.mp4'."""
