@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, ProgressSink, 
                                Sink, VirtualCameraSink)
 from live_puppet.stats import Stats
 from live_puppet.tracking import FlowStabilizer, Tracker, resolve_landmarker_model
+from live_puppet.types import Portrait
 
 HOTKEYS = (
     ("1-9", "select portrait 1-9 of the gallery"),
@@ -94,6 +96,11 @@ class App:
         self.gallery = Gallery(c.portrait, self.portrait_tracker, size=c.size, max_side=c.max_side)
         self.engine = create_engine(c.engine, **c.engine_options())
         self._closers.append(self.engine.close)
+        # Portraits swapped to are loaded and prepared here, off the render thread (a first load
+        # stalled the stream 140 ms, 410 under load); the only user of the portrait tracker from
+        # now on. Shut down before the tracker is closed (closers run in reverse).
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="portrait-loader")
+        self._closers.append(lambda: self._loader.shutdown(wait=True, cancel_futures=True))  # (<1 s)
         self.portrait = self._first_portrait()
         self.retargeter = self._make_retargeter()
         self.tracker = Tracker(model, mode="video", num_faces=1)
@@ -190,30 +197,41 @@ class App:
         return min(known) if known else None
 
     # -- hotkeys ---------------------------------------------------------------------------------
-    def _switch_portrait(self, index: int) -> None:
-        """Load the portrait and prepare it in the background; the stream switches when it is ready
-        (a neural engine may take seconds to build; the current portrait keeps playing)."""
-        if len(self.gallery) > 0:
-            index %= len(self.gallery)
-        try:
-            portrait = self.gallery.load(index)
-        except UserError as err:
-            warn(f"{err} Keeping '{self.portrait.name}'.")
-            return
-        self._pending = (portrait, self.engine.prepare_async(portrait))
+    def _switch_portrait(self, index: int | None, reload: bool = False) -> None:
+        """Load the portrait (`index`, or the current one after re-reading the folder) and prepare
+        it in the background; the stream switches when it is ready (a neural engine may take
+        seconds to build; the current portrait keeps playing)."""
+        def load() -> tuple[Portrait, Future]:
+            if reload:
+                try:
+                    self.gallery.reload()
+                except UserError as err:
+                    raise UserError(f"{err} Keeping the current gallery.") from None
+            at = self.gallery.index if index is None else index
+            portrait = self.gallery.load(at % len(self.gallery))
+            # (a quick prepare runs here; a slow one, the neural engine's build, on the engine's
+            # own worker, which closing the engine stops: this thread never waits for it)
+            return portrait, self.engine.prepare_async(portrait)
+
+        self._pending = self._loader.submit(load)
         self._adopt_pending()
 
     def _adopt_pending(self) -> None:
-        if self._pending is None or not self._pending[1].done():
+        """Switch to the portrait being loaded once it is loaded and prepared."""
+        if self._pending is None or not self._pending.done():
             return
-        portrait, future = self._pending
+        error = self._pending.exception()
+        if error is None:
+            portrait, prepared = self._pending.result()
+            if not prepared.done():
+                return
+            error = prepared.exception()
         self._pending = None
-        error = future.exception()
         if error is not None:
-            warn(f"{error} Keeping '{self.portrait.name}'.")
+            warn(str(error) if "Keeping" in str(error) else f"{error} Keeping '{self.portrait.name}'.")
             return
         self.portrait = portrait
-        print(f"Portrait: {portrait.name}", flush=True)
+        print(f"Portrait: {self.portrait.name}", flush=True)
 
     def handle_key(self, key: int) -> None:
         ch = chr(key) if 0 <= key < 256 else ""
@@ -245,12 +263,7 @@ class App:
             # (frames captured before the key are still on their way).
             self.capture.mirror = not self.capture.mirror
         elif ch == "r":
-            try:
-                self.gallery.reload()
-            except UserError as err:
-                warn(f"{err} Keeping the current gallery.")
-                return
-            self._switch_portrait(self.gallery.index)
+            self._switch_portrait(None, reload=True)
 
     # -- the loop ----------------------------------------------------------------------------------
     # Two threads share the work so both cores are used: the tracking thread takes frames from the
@@ -401,7 +414,7 @@ class App:
 
     capture_error = None
     _stale_dropped = 0  # tracked frames replaced by a newer one before they were drawn (realtime)
-    _pending = None  # (portrait, future) being prepared for a swap
+    _pending = None  # the Future of the portrait being loaded and prepared for a swap
     _worker_error = None
     _tracking = None
     _started = False  # set once everything is open and frames start to flow

@@ -624,3 +624,46 @@ def test_a_day_long_run_keeps_an_hour_of_latency_samples_not_all():
         stats.add("render", 0.010 if i < 5000 else 0.020)  # the first samples were faster
     assert len(stats.samples["render"]) == KEEP_SAMPLES
     assert stats.summary()["latency_ms"]["render"]["median"] == 20.0
+
+
+def test_a_portrait_swap_loads_off_the_render_thread(tmp_path, astronaut, landmarker_model, monkeypatch):
+    # The first load of a portrait ran in the key's handler: the stream stalled 140 ms (410 ms
+    # under load) at each first swap. Now frames of the current portrait keep coming meanwhile.
+    import time as time_module
+
+    import live_puppet.portrait as portrait_module
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+    from live_puppet.sinks import Sink
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    cv2.imwrite(str(gallery / "a.png"), astronaut)
+    cv2.imwrite(str(gallery / "b.png"), cv2.flip(astronaut, 1))
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 120)
+    real_load = portrait_module.load_portrait
+
+    def slow_load(path, *args, **kwargs):
+        if path.name == "b.png":
+            time_module.sleep(1.5)  # a big picture, a slow disk
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(portrait_module, "load_portrait", slow_load)
+
+    class Keys(Sink):
+        wants_canvas = True
+
+        def __init__(self):
+            self.names = []
+
+        def send(self, image, info):
+            self.names.append(info.portrait_name)
+            if info.index == 5:
+                info.keys.append(ord("2"))
+
+    keys = Keys()
+    App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False, preview=False),
+        extra_sinks=[keys]).run()
+    # The stream went on while b loaded (before, the frames two behind the key were already b's).
+    assert keys.names[:15] == ["a"] * 15
+    assert keys.names[-1] == "b"
