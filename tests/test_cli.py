@@ -15,6 +15,7 @@ import pytest
 
 from conftest import DRIVING, PORTRAITS, ROOT, need, numbered_frames, write_video
 from live_puppet.cli import main
+from live_puppet.sinks import Sink
 
 
 def count_frames(path: Path) -> tuple[str, int]:
@@ -305,12 +306,25 @@ def test_a_signal_mid_run_leaves_a_playable_recording(sig, loop, tmp_path, landm
     assert codec == "h264" and n > 5
 
 
+class KeysAt(Sink):
+    """A sink that presses keys at given frames (as the preview would) and notes each frame's portrait."""
+
+    wants_canvas = True
+
+    def __init__(self, keys: dict[int, str]):
+        self.keys, self.names = keys, []
+
+    def send(self, image, info):
+        self.names.append(info.portrait_name)
+        if info.index in self.keys:
+            info.keys.append(ord(self.keys[info.index]))
+
+
 def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, landmarker_model):
     """Pressing 2 in the preview switches to the gallery's second portrait, 3 (of two) does nothing;
     c re-takes the neutral."""
     from live_puppet.app import App
     from live_puppet.config import RunConfig
-    from live_puppet.sinks import Sink
 
     gallery = tmp_path / "gallery"
     gallery.mkdir()
@@ -318,22 +332,7 @@ def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, land
     cv2.imwrite(str(gallery / "b.png"), cv2.flip(astronaut, 1))
     driving = write_video(tmp_path / "drive.mp4", [astronaut] * 30)
 
-    class Keys(Sink):
-        wants_canvas = True
-
-        def __init__(self):
-            self.names = []
-
-        def send(self, image, info):
-            self.names.append(info.portrait_name)
-            if info.index == 10:
-                info.keys.append(ord("2"))
-            if info.index == 15:
-                info.keys.append(ord("3"))  # there is no third portrait: nothing changes
-            if info.index == 20:
-                info.keys.append(ord("c"))
-
-    keys = Keys()
+    keys = KeysAt({10: "2", 15: "3", 20: "c"})  # there is no third portrait: 3 changes nothing
     app = App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False,
                         preview=False), extra_sinks=[keys])
     app.run()
@@ -634,7 +633,6 @@ def test_a_portrait_swap_loads_off_the_render_thread(tmp_path, astronaut, landma
     import live_puppet.portrait as portrait_module
     from live_puppet.app import App
     from live_puppet.config import RunConfig
-    from live_puppet.sinks import Sink
 
     gallery = tmp_path / "gallery"
     gallery.mkdir()
@@ -650,18 +648,7 @@ def test_a_portrait_swap_loads_off_the_render_thread(tmp_path, astronaut, landma
 
     monkeypatch.setattr(portrait_module, "load_portrait", slow_load)
 
-    class Keys(Sink):
-        wants_canvas = True
-
-        def __init__(self):
-            self.names = []
-
-        def send(self, image, info):
-            self.names.append(info.portrait_name)
-            if info.index == 5:
-                info.keys.append(ord("2"))
-
-    keys = Keys()
+    keys = KeysAt({5: "2"})
     App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False, preview=False),
         extra_sinks=[keys]).run()
     # The stream went on while b loaded (before, the frames two behind the key were already b's).
