@@ -46,6 +46,10 @@ def hotkey_help() -> str:
     return "Hotkeys (preview window): " + "; ".join(f"{k} {v}" for k, v in HOTKEYS)
 
 
+class _KeepGallery(UserError):
+    """A re-read gallery folder that cannot be used: the current gallery stays."""
+
+
 @dataclass
 class _Work:
     """A tracked frame on its way from the tracking thread to the render thread."""
@@ -150,6 +154,7 @@ class App:
                 warn(f"skipping: {err}")
                 continue
             self._prepare(portrait)
+            self._shown = self._wanted = i
             return portrait
         raise UserError(f"None of the {len(errors)} pictures in '{self.config.portrait}' can be used "
                         f"(each is listed above); add a portrait with one clear face.")
@@ -198,20 +203,27 @@ class App:
 
     # -- hotkeys ---------------------------------------------------------------------------------
     def _switch_portrait(self, index: int | None, reload: bool = False) -> None:
-        """Load the portrait (`index`, or the current one after re-reading the folder) and prepare
+        """Load the portrait (`index`, or the one on screen after re-reading the folder) and prepare
         it in the background; the stream switches when it is ready (a neural engine may take
-        seconds to build; the current portrait keeps playing)."""
-        def load() -> tuple[Portrait, Future]:
+        seconds to build; the current portrait keeps playing). n and p count from the portrait
+        asked for last, even while it loads."""
+        shown = self.portrait.path
+        if index is not None:
+            index %= len(self.gallery)
+            self._wanted = index
+
+        def load() -> tuple[Portrait, Future, int]:
+            at = index
             if reload:
                 try:
                     self.gallery.reload()
                 except UserError as err:
-                    raise UserError(f"{err} Keeping the current gallery.") from None
-            at = self.gallery.index if index is None else index
-            portrait = self.gallery.load(at % len(self.gallery))
-            # (a quick prepare runs here; a slow one, the neural engine's build, on the engine's
-            # own worker, which closing the engine stops: this thread never waits for it)
-            return portrait, self.engine.prepare_async(portrait)
+                    raise _KeepGallery(f"{err} Keeping the current gallery.") from None
+                at = self.gallery.paths.index(shown) if shown in self.gallery.paths else 0
+            portrait = self.gallery.load(at)
+            # (a quick prepare runs here; a slow one, the neural engine's build, runs on the
+            # engine's own worker: this thread does not wait for it)
+            return portrait, self.engine.prepare_async(portrait), at
 
         self._pending = self._loader.submit(load)
         self._adopt_pending()
@@ -222,15 +234,22 @@ class App:
             return
         error = self._pending.exception()
         if error is None:
-            portrait, prepared = self._pending.result()
+            portrait, prepared, index = self._pending.result()
             if not prepared.done():
                 return
             error = prepared.exception()
         self._pending = None
+        if isinstance(error, _KeepGallery):
+            warn(str(error))
+        elif isinstance(error, UserError):
+            warn(f"{error} Keeping '{self.portrait.name}'.")
+        elif error is not None:  # a bug: the run stops and says so, as it did in the key's handler
+            raise error
         if error is not None:
-            warn(str(error) if "Keeping" in str(error) else f"{error} Keeping '{self.portrait.name}'.")
+            self._wanted = self._shown
             return
-        self.portrait = portrait
+        self.portrait, self._shown = portrait, index
+        self._wanted = index
         print(f"Portrait: {self.portrait.name}", flush=True)
 
     def handle_key(self, key: int) -> None:
@@ -243,9 +262,9 @@ class App:
             else:
                 self._switch_portrait(int(ch) - 1)
         elif ch == "n":
-            self._switch_portrait(self.gallery.index + 1)
+            self._switch_portrait(self._wanted + 1)
         elif ch == "p":
-            self._switch_portrait(self.gallery.index - 1)
+            self._switch_portrait(self._wanted - 1)
         elif ch == "c":
             self.retargeter.retake_neutral()
             print("Re-taking the neutral face: look at the camera, relaxed.", flush=True)
@@ -415,6 +434,8 @@ class App:
     capture_error = None
     _stale_dropped = 0  # tracked frames replaced by a newer one before they were drawn (realtime)
     _pending = None  # the Future of the portrait being loaded and prepared for a swap
+    _shown = 0  # the gallery position of the portrait on screen
+    _wanted = 0  # ... and of the one asked for last (n and p count from it)
     _worker_error = None
     _tracking = None
     _started = False  # set once everything is open and frames start to flow

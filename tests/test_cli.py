@@ -627,8 +627,9 @@ def test_a_day_long_run_keeps_an_hour_of_latency_samples_not_all():
 
 def test_a_portrait_swap_loads_off_the_render_thread(tmp_path, astronaut, landmarker_model, monkeypatch):
     # The first load of a portrait ran in the key's handler: the stream stalled 140 ms (410 ms
-    # under load) at each first swap. Now frames of the current portrait keep coming meanwhile.
-    import time as time_module
+    # under load) at each first swap. Now frames of the current portrait keep coming meanwhile:
+    # here b's load waits until frame 20 has been drawn.
+    import threading
 
     import live_puppet.portrait as portrait_module
     from live_puppet.app import App
@@ -638,19 +639,26 @@ def test_a_portrait_swap_loads_off_the_render_thread(tmp_path, astronaut, landma
     gallery.mkdir()
     cv2.imwrite(str(gallery / "a.png"), astronaut)
     cv2.imwrite(str(gallery / "b.png"), cv2.flip(astronaut, 1))
-    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 120)
+    cv2.imwrite(str(gallery / "c.png"), astronaut)
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 60)
     real_load = portrait_module.load_portrait
+    drawn = threading.Event()
 
-    def slow_load(path, *args, **kwargs):
+    def held_load(path, *args, **kwargs):
         if path.name == "b.png":
-            time_module.sleep(1.5)  # a big picture, a slow disk
+            assert drawn.wait(timeout=30)  # the stream must go on, or this never comes
         return real_load(path, *args, **kwargs)
 
-    monkeypatch.setattr(portrait_module, "load_portrait", slow_load)
+    monkeypatch.setattr(portrait_module, "load_portrait", held_load)
 
-    keys = KeysAt({5: "2"})
+    class Keys(KeysAt):
+        def send(self, image, info):
+            super().send(image, info)
+            if info.index == 20:
+                drawn.set()
+
+    keys = Keys({5: "2", 6: "n"})  # n while b loads: counts from b, not from a
     App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False, preview=False),
         extra_sinks=[keys]).run()
-    # The stream went on while b loaded (before, the frames two behind the key were already b's).
-    assert keys.names[:15] == ["a"] * 15
-    assert keys.names[-1] == "b"
+    assert keys.names[:21] == ["a"] * 21
+    assert keys.names[-1] == "c"
