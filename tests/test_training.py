@@ -602,3 +602,28 @@ def test_a_checkpoint_gets_a_plain_file_s_permissions(tmp_path):
     os.umask(mask)
     path = save_checkpoint(tmp_path / "ck.safetensors", tiny_meta_checkpoint())
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # safetensors writes 0600
+
+
+def test_prepare_reads_a_phone_clip_upright_as_run_does(tmp_path):
+    # prepare decoded clips through OpenCV, which turns a mirror-only display matrix upside down,
+    # while run (PyAV, as FFmpeg's players) mirrors it back: training and the live run disagreed.
+    import av
+    import cv2
+    from skimage import data
+
+    from live_puppet.training.prepare import ClipPreparer
+
+    picture = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[:, 64:448]
+    path = tmp_path / "selfie.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = picture.shape[1], picture.shape[0], "yuv420p"
+        stream.set_display_rotation(0, hflip=True)
+        for _ in range(3):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(picture[:, ::-1]), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    frames = list(ClipPreparer(Path("unused.task"), 256, every=1, max_frames=None)._frames(path))
+    assert len(frames) == 3 and np.abs(frames[0][1].astype(int) - picture).mean() < 8

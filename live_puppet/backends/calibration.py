@@ -29,7 +29,7 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
     """Track `count` evenly spaced frames of `clip` and store their sketches' points; the set's dir."""
     from tqdm import tqdm
 
-    from live_puppet.capture import IMAGE_SUFFIXES
+    from live_puppet.capture import IMAGE_SUFFIXES, VideoFileSource
     from live_puppet.tracking import Tracker, resolve_landmarker_model
 
     clip = Path(clip).expanduser()
@@ -37,22 +37,19 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
         raise UserError(f"The calibration clip '{clip}' is a picture; pass a video of a talking "
                         f"face (e.g. ../shared/data/driving/d3.mp4).")
     writable_folder(out_dir, "the INT8 calibration set", "--calibration-dir")
-    cap = cv2.VideoCapture(str(clip))
-    if not cap.isOpened():
+    try:  # decoded as `run` decodes its source (turned upright as the header says)
+        source = VideoFileSource(clip)
+    except UserError:
         raise UserError(f"The calibration clip '{clip}' cannot be read; pass a video file with a "
-                        f"face (e.g. ../shared/data/driving/d3.mp4).")
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or count
+                        f"face (e.g. ../shared/data/driving/d3.mp4).") from None
+    total = source.length or count
     wanted = set(np.linspace(0, max(total - 1, 0), num=min(count, max(total, 1))).round().astype(int))
     dest = Path(out_dir) / clip.stem
     (dest / "sketches").mkdir(parents=True, exist_ok=True)
     points = []
     with Tracker(resolve_landmarker_model(landmarker), mode="video") as tracker:
         bar = tqdm(total=len(wanted), desc=f"calibration set from {clip.name}", unit="frame")
-        index = 0
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
+        for index, frame in enumerate(source.frames()):
             face = tracker.track(frame, timestamp_ms=int(index * 1000 / 30))
             if index in wanted and face is not None:
                 box = sketch.face_box(face.landmarks)
@@ -62,9 +59,7 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
                 cv2.imwrite(str(dest / "sketches" / f"{index:06d}.png"),
                             cv2.cvtColor(preview, cv2.COLOR_RGB2BGR))
                 bar.update(1)
-            index += 1
         bar.close()
-    cap.release()
     if not points:
         raise UserError(f"No face was found in the calibration clip '{clip}'; use a clip of a "
                         f"talking face.")

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from live_puppet import sketch
-from live_puppet.capture import VIDEO_SUFFIXES, opencv_quiet
+from live_puppet.capture import VIDEO_SUFFIXES, VideoFileSource
 from live_puppet.errors import UserError, writable_folder
 
 MIN_FRAMES = 2  # a clip needs at least a shot and a target
@@ -43,13 +43,12 @@ class ClipSource:
 
 
 def _readable(path: Path) -> bool:
-    """The video opens and gives a first frame."""
-    with opencv_quiet():
-        cap = cv2.VideoCapture(str(path))
-        try:
-            return bool(cap.isOpened() and cap.read()[0])
-        finally:
-            cap.release()
+    """The video opens and gives a first frame (decoded as `run` decodes its source)."""
+    try:
+        VideoFileSource(path)
+    except UserError:
+        return False
+    return True
 
 
 def find_clips(dataset_dir: Path) -> list[ClipSource]:
@@ -89,31 +88,28 @@ class ClipPreparer:
         self.max_frames = max_frames
 
     def _frames(self, path: Path):
-        cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            return
+        """(index, picture) of every `every`-th frame, decoded as `run` decodes its source: turned
+        upright as the clip's header says, damaged stretches skipped."""
         try:
-            index = kept = 0
-            while True:
-                ok, frame = cap.read()
-                if not ok:
+            source = VideoFileSource(path)
+        except UserError:
+            return
+        kept = 0
+        for index, frame in enumerate(source.frames()):
+            if index % self.every == 0:
+                yield index, frame
+                kept += 1
+                if self.max_frames is not None and kept >= self.max_frames:
                     break
-                if index % self.every == 0:
-                    yield index, frame
-                    kept += 1
-                    if self.max_frames is not None and kept >= self.max_frames:
-                        break
-                index += 1
-        finally:
-            cap.release()
 
     def _track(self, clip: ClipSource) -> tuple[list[int], list[np.ndarray], float]:
         from live_puppet.tracking import Tracker
 
-        cap = cv2.VideoCapture(str(clip.path))
-        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        cap.release()
+        try:
+            source = VideoFileSource(clip.path)
+            fps, total = source.fps, source.length or 0
+        except UserError:
+            fps, total = 25.0, 0
         expected = (total + self.every - 1) // self.every
         if self.max_frames is not None:
             expected = min(expected, self.max_frames)
