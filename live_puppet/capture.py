@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from live_puppet.errors import UserError, warn
+from live_puppet.sinks import Letterbox
 from live_puppet.types import Frame
 
 MAX_SOURCE_FPS = 240.0  # a rate above this is not a real one (an album cover says 90000): 30 is taken
@@ -349,18 +350,6 @@ class ImageFolderSource(Source):
                 return
 
 
-def fit_into(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`image` scaled to fit (height, width) `size`, centred, the rest black."""
-    h, w = size
-    scale = min(w / image.shape[1], h / image.shape[0])
-    rw, rh = max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))
-    resized = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    out = np.zeros((h, w, 3), np.uint8)
-    y0, x0 = (h - rh) // 2, (w - rw) // 2
-    out[y0:y0 + rh, x0:x0 + rw] = resized
-    return out
-
-
 def open_source(spec: str, loop: bool = False, camera_size=(640, 480), camera_fps=30.0) -> Source:
     """A camera index ("0"), a video file or a folder of images."""
     if not spec.strip():  # (an unset $VIDEO): not the working folder's pictures
@@ -411,7 +400,7 @@ class Capture:
         # Every frame at the first one's size: a folder of pictures of several sizes, a stream whose
         # resolution changes (a browser's recording), a camera reopened at another size. Landmarks
         # are in pixels: the same face at another size read as the head jumping and shrinking.
-        size = None
+        size, fit = None, None
         try:
             for i, (image, at) in enumerate(self.source.timed_frames()):
                 if self._stop.is_set():
@@ -421,9 +410,12 @@ class Capture:
                     delay = start + at - time.perf_counter()
                     if delay > 0:
                         self._stop.wait(delay)
-                size = size or image.shape[:2]
-                if image.shape[:2] != size:
-                    image = fit_into(image, size)
+                h, w = image.shape[:2]
+                size = size or (w, h)
+                if (w, h) != size:
+                    if fit is None or fit.src_size != (w, h):
+                        fit = Letterbox((w, h), size)  # (as the camera's frame is fitted)
+                    image = fit(image)
                 mirrored = self.mirror  # read once: the hotkey may flip it meanwhile
                 if mirrored:
                     image = cv2.flip(image, 1)

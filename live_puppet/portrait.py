@@ -40,7 +40,7 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
     A JPEG more than twice `least_side` on its long side (a museum's scan) is decoded at 1/2, 1/4
     or 1/8 scale, still `least_side` or more: a 14000 x 14000 scan for a 1024 canvas reads in 0.6 s
     and 0.28 GB instead of 1.6 s and 0.9 GB."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.exists():
@@ -49,7 +49,7 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
     with _PILLOW_LIMIT:  # Pillow's own size check (a global) is replaced by MAX_PIXELS meanwhile
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return _decode(path, least_side, Image, ImageOps, UnidentifiedImageError)
+            return _decode(path, least_side)
         finally:
             Image.MAX_IMAGE_PIXELS = limit
 
@@ -57,7 +57,9 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
 _PILLOW_LIMIT = threading.Lock()
 
 
-def _decode(path: Path, least_side: int | None, Image, ImageOps, UnidentifiedImageError) -> np.ndarray:
+def _decode(path: Path, least_side: int | None) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         im = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError):
