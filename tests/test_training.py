@@ -110,6 +110,18 @@ def test_missing_corrupt_truncated_and_foreign_checkpoints_are_user_errors(tmp_p
     assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "bad.safetensors"), "damaged")
 
 
+def test_a_changed_weight_byte_is_refused(tmp_path):
+    # a bit flipped on disk or in a copy still parses as safetensors and would render garbage
+    good = save_checkpoint(tmp_path / "good.safetensors", tiny_meta_checkpoint())
+    data = bytearray(good.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    data[8 + header + 1000] ^= 0x10  # a byte inside the tensors, past the JSON header
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "flipped.safetensors"),
+                               "damaged", "checksum")
+    assert load_checkpoint(good).step == 7  # the untouched file still loads
+
+
 def test_bad_checkpoint_through_the_cli_is_one_line_and_exit_2(tmp_path, capsys):
     cli = pytest.importorskip("live_puppet.cli")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")

@@ -3,8 +3,10 @@
 A checkpoint holds tensors under the prefixes `generator.`, `embedder.`, `discriminator.`,
 `optimizer_g.`, `optimizer_d.` and the tensors `e_hat` and `psi`; its metadata holds a format tag,
 the ModelConfig as JSON, the step, the kind ("meta" for a meta-learned model, "portrait" for a
-per-portrait fine-tuned one), the training videos (one per discriminator W column) and free-form
-extras as JSON. Nothing is ever unpickled.
+per-portrait fine-tuned one), the training videos (one per discriminator W column), free-form
+extras as JSON, and the sha256 of the tensors (names, types, shapes and bytes), so that a byte
+changed on disk or in a copy is refused rather than rendered as a garbled face. Nothing is ever
+unpickled.
 
 A per-portrait checkpoint has the fine-tuned generator, ê and the fine-tuned ψ; render with
 `generator(sketch, checkpoint.psi)` (ψ is optimised directly in fine-tuning, so it is no longer
@@ -14,6 +16,7 @@ P·ê).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -84,6 +87,7 @@ def save_checkpoint(path: str | os.PathLike, ck: Checkpoint) -> Path:
         "videos": json.dumps(list(ck.videos)),
         "extra": json.dumps(ck.extra),
         "optimizer_groups": json.dumps(groups),
+        "sha256": tensors_sha256(tensors),
     }
     from safetensors import SafetensorError
 
@@ -105,6 +109,16 @@ def save_checkpoint(path: str | os.PathLike, ck: Checkpoint) -> Path:
         _remove(tmp)
         raise
     return path
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """sha256 of named tensors: each name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def _remove(path: Path) -> None:
@@ -175,6 +189,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UserError(f"'{path}' is a live-puppet checkpoint of format version "
                         f"{meta.get('format_version')}, but this version reads {FORMAT_VERSION}; "
                         f"use the live-puppet version that wrote it or retrain.")
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:  # (older files have none)
+        raise _bad(path, "is damaged: its weights no longer match the checksum written with them "
+                         "(a changed byte on disk or in a copy)")
     try:
         config = ModelConfig.from_json(meta["config"])
         videos = json.loads(meta.get("videos", "[]"))
