@@ -45,7 +45,8 @@ class _WarpMesh:
     """What the warp needs of a portrait, computed once."""
 
     source: np.ndarray  # N x 2 source points: 478 landmarks, head ring, still points
-    head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head
+    head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head (at the depth
+    # of their face-oval points)
     ring_follow: np.ndarray  # K: share of its face-oval point's own motion a ring point also takes
     oval_3d: np.ndarray  # K x 3 the portrait's face-oval landmarks (x, y, depth)
     n_landmarks: int
@@ -219,7 +220,12 @@ class WarpEngine(Engine):
         n, k = mesh.n_landmarks, len(mesh.head_ring)
         dst = mesh.source.copy()
         dst[:n] = target.landmarks[:, :2]
-        dst[n:n + k] = target.move_rigid(mesh.head_ring)[:, :2]
+        # Each ring point turns at the depth of its face-oval point, as the hair beside the face
+        # does. Turned at the head's pivot (a flat disc) the side rings swung inwards while the
+        # cheek they surround swung out: the face crossed its ring and showed dark hair in the
+        # cheek (Mona Lisa through d3.mp4's 20 degree turn).
+        ring_3d = np.concatenate([mesh.head_ring, mesh.oval_3d[:, 2:]], 1)
+        dst[n:n + k] = target.move_rigid(ring_3d)[:, :2]
         # The ring under the chin also takes the outward part of the chin's own motion (an
         # opening jaw), so the chin never crosses it and folds or tears the skin below.
         rest = target.move_rigid(mesh.oval_3d)[:, :2]  # where the head alone takes the oval
