@@ -155,3 +155,46 @@ def test_engines_and_their_sidecars_get_a_plain_file_s_permissions(tmp_path):
     cache.get_or_build("k1", ".onnx", write, read)
     for f in (tmp_path / "k1.onnx", next(tmp_path.glob("k1.*json*"))):
         assert f.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.fixture
+def signing_key_in(tmp_path, monkeypatch):
+    """This user's signing secret in a temporary folder (not the real user data folder)."""
+    from live_puppet.backends import cache
+
+    key_path = tmp_path / "user-data" / "engine-signing.key"
+    monkeypatch.setattr(cache, "signing_key_path", lambda: key_path)
+    monkeypatch.setattr(cache, "_SIGNING_KEY", [])
+    return key_path
+
+
+def test_an_engine_that_runs_code_is_loaded_only_when_this_user_signed_it(tmp_path, signing_key_in):
+    # TensorRT's engine files hold pickles, unpickled on loading: a file someone else put in a
+    # shared engines/ folder, with a sidecar whose size and sha256 match it, must not be loaded.
+    engines = tmp_path / "engines"
+    cache, write = EngineCache(engines), Counter()
+    _, cached = cache.get_or_build("k1", ".ep", write, read, signed=True)
+    _, cached = cache.get_or_build("k1", ".ep", write, read, signed=True)
+    assert cached and write.calls == 1  # this user's own engine is reused
+    assert signing_key_in.stat().st_mode & 0o777 == 0o600
+
+    # another user's file, with a matching size and hash but no signature of ours
+    import hashlib
+
+    evil = b"pickled code" * 100
+    (engines / "k1.ep").write_bytes(evil)
+    sidecar = engines / "k1.json"
+    meta = json.loads(sidecar.read_text())
+    meta.update(size=len(evil), sha256=hashlib.sha256(evil).hexdigest(), signature="0" * 64)
+    sidecar.write_text(json.dumps(meta))
+    loaded, said = [], []
+    out, cached = cache.get_or_build("k1", ".ep", write, lambda p: loaded.append(p.read_bytes()) or p,
+                                     on_rebuild=said.append, signed=True)
+    assert not cached and write.calls == 2 and evil not in loaded
+    assert len(said) == 1 and "not built by your live-puppet" in said[0]
+    # an engine that runs no code (ONNX) needs no signature
+    plain = EngineCache(tmp_path / "plain")
+    plain.get_or_build("k2", ".onnx", Counter(), read)
+    assert "signature" not in json.loads((tmp_path / "plain" / "k2.json").read_text())
+    _, cached = plain.get_or_build("k2", ".onnx", Counter(), read)
+    assert cached

@@ -41,6 +41,7 @@ class Backend:
     name = "backend"
     precision = "fp32"
     artifact_suffix: str | None = None  # file suffix of what `export` writes; None: nothing written
+    loads_code = False  # loading its engine files can run code in them (pickles): only signed ones
 
     def __init__(self, **options):
         """Backends take keyword options (threads, calibration_dir, ...) and ignore the rest."""

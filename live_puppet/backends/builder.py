@@ -222,7 +222,7 @@ class PortraitEngineBuilder:
                     key, backend.artifact_suffix, write, load,
                     meta={"backend": self.backend_name, "portrait": portrait.name,
                           "checkpoint": str(self.checkpoint_path), "resolution": self.size},
-                    on_rebuild=self.announce)
+                    on_rebuild=self.announce, signed=backend.loads_code)
             else:  # in-process backends: nothing to cache on disk
                 runner, from_cache = load(None), False
         finally:

@@ -6,11 +6,18 @@ lies a sidecar `<key>.json` with its size and sha256, written last: a file witho
 whose size or hash disagrees with it (a build that was killed, a truncated copy, a full disk), is
 stale and gets rebuilt. Both are written to temporary files first and moved into place with
 os.replace, so a reader never sees half a file under a valid name.
+
+The sha256 finds damage, not tampering. A backend whose engine files can run code when loaded
+(torch-tensorrt's hold pickles) only loads files this user's live-puppet signed: the sidecar
+carries an HMAC of the file's hash under a secret kept in the user's data folder, readable by the
+user only (as Jupyter signs the notebooks it trusts). Whoever can write a shared engines/ folder
+cannot forge it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -24,6 +31,8 @@ from live_puppet.errors import usual_permissions, writable_folder
 T = TypeVar("T")
 
 SIDECAR_SUFFIX = ".json"
+SIGNING_KEY_FILE = "engine-signing.key"  # in platformdirs' user data folder for live-puppet
+UNSIGNED = "not signed by you"  # validate's answer for a file that may not be loaded
 CACHE_FORMAT = 1  # bump when what an engine file holds changes meaning
 _CHUNK = 1 << 20
 
@@ -48,6 +57,45 @@ def content_hash(path: str | os.PathLike) -> str:
     if memo not in _CONTENT_HASHES:
         _CONTENT_HASHES[memo] = file_sha256(p)
     return _CONTENT_HASHES[memo]
+
+
+_SIGNING_KEY: list[bytes] = []
+
+
+def signing_key_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("live-puppet")) / SIGNING_KEY_FILE
+
+
+def signing_key() -> bytes:
+    """This user's secret for signing engine files: made on first use, readable by the user only.
+    Where it cannot be kept (an unwritable home), a secret for this process only: its engines are
+    then rebuilt by the next run."""
+    if not _SIGNING_KEY:
+        import secrets
+
+        path = signing_key_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(32))
+            except FileExistsError:
+                pass
+            key = path.read_bytes()
+            if len(key) < 16:
+                raise OSError("too short")
+        except OSError:
+            key = secrets.token_bytes(32)
+        _SIGNING_KEY.append(key)
+    return _SIGNING_KEY[0]
+
+
+def signature(key: str, digest: str) -> str:
+    """The HMAC that says this user's live-puppet wrote the engine `key` with hash `digest`."""
+    return hmac.new(signing_key(), f"{key}:{digest}".encode(), hashlib.sha256).hexdigest()
 
 
 def make_key(fields: dict[str, Any]) -> str:
@@ -89,8 +137,9 @@ class EngineCache:
     def entry(self, key: str, suffix: str) -> CacheEntry:
         return CacheEntry(key, self.root / f"{key}{suffix}", self.root / f"{key}{SIDECAR_SUFFIX}")
 
-    def validate(self, entry: CacheEntry) -> str | None:
-        """None when the engine file matches its sidecar, else why it does not."""
+    def validate(self, entry: CacheEntry, signed: bool = False) -> str | None:
+        """None when the engine file matches its sidecar (and, if `signed`, the sidecar carries
+        this user's signature), else why not."""
         if not entry.path.is_file():
             return "missing"
         try:
@@ -103,14 +152,17 @@ class EngineCache:
             return f"size {actual} bytes, expected {size}"
         if file_sha256(entry.path) != digest:
             return "content hash mismatch"
+        if signed and not hmac.compare_digest(str(meta.get("signature", "")),
+                                              signature(entry.key, digest)):
+            return UNSIGNED
         return None
 
-    def lookup(self, key: str, suffix: str,
-               on_damage: Callable[[str], None] | None = None) -> Path | None:
-        """The engine file for `key` when present and intact; a damaged one is removed (and
-        `on_damage` told why)."""
+    def lookup(self, key: str, suffix: str, on_damage: Callable[[str], None] | None = None,
+               signed: bool = False) -> Path | None:
+        """The engine file for `key` when present and intact (and signed, if `signed`); a
+        damaged or unsigned one is removed (and `on_damage` told why)."""
         entry = self.entry(key, suffix)
-        problem = self.validate(entry)
+        problem = self.validate(entry, signed)
         if problem is None:
             try:
                 os.utime(entry.sidecar)  # mark as recently used for pruning
@@ -118,19 +170,26 @@ class EngineCache:
                 pass  # a read-only engine folder (a shared install) is used as it is
             return entry.path
         if problem != "missing" or entry.sidecar.exists():
-            if on_damage:
+            if on_damage and problem == UNSIGNED:
+                on_damage(f"cached engine {entry.path.name} was not built by your live-puppet (no "
+                          f"valid signature), and loading one runs code stored in it; rebuilding")
+            elif on_damage:
                 on_damage(f"cached engine {entry.path.name} is damaged ({problem}); rebuilding")
             self.invalidate(key, suffix)
         return None
 
     def invalidate(self, key: str, suffix: str) -> None:
         entry = self.entry(key, suffix)
-        entry.sidecar.unlink(missing_ok=True)
-        entry.path.unlink(missing_ok=True)
+        for f in (entry.sidecar, entry.path):
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass  # (a folder this user cannot write: the build says so in a sentence)
 
     def build(self, key: str, suffix: str, write: Callable[[Path], None],
-              meta: dict[str, Any] | None = None) -> Path:
-        """Run `write(tmp_path)`, then move the file into place and write its sidecar."""
+              meta: dict[str, Any] | None = None, signed: bool = False) -> Path:
+        """Run `write(tmp_path)`, then move the file into place and write its sidecar (signed by
+        this user, if `signed`)."""
         writable_folder(self.root, "compiled engines", "--engine-dir")
         entry = self.entry(key, suffix)
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=f".{key}.", suffix=f".tmp{suffix}")
@@ -140,8 +199,11 @@ class EngineCache:
             write(tmp)
             if not tmp.is_file() or tmp.stat().st_size == 0:
                 raise RuntimeError(f"the engine build wrote nothing to {tmp}")
-            info = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp), "key": key,
+            digest = file_sha256(tmp)
+            info = {"size": tmp.stat().st_size, "sha256": digest, "key": key,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(meta or {})}
+            if signed:
+                info["signature"] = signature(key, digest)
             entry.sidecar.unlink(missing_ok=True)  # never a valid sidecar beside a changing file
             usual_permissions(tmp)
             os.replace(tmp, entry.path)
@@ -153,9 +215,11 @@ class EngineCache:
 
     def get_or_build(self, key: str, suffix: str, write: Callable[[Path], None],
                      load: Callable[[Path], T], meta: dict[str, Any] | None = None,
-                     on_rebuild: Callable[[str], None] | None = None) -> tuple[T, bool]:
-        """(loaded engine, whether it came from the cache); damaged or unloadable files are rebuilt."""
-        path = self.lookup(key, suffix, on_damage=on_rebuild)
+                     on_rebuild: Callable[[str], None] | None = None,
+                     signed: bool = False) -> tuple[T, bool]:
+        """(loaded engine, whether it came from the cache); damaged or unloadable files, and with
+        `signed` ones this user's live-puppet did not sign, are rebuilt."""
+        path = self.lookup(key, suffix, on_damage=on_rebuild, signed=signed)
         if path is not None:
             try:
                 return load(path), True
@@ -164,7 +228,7 @@ class EngineCache:
                     on_rebuild(f"cached engine {path.name} could not be loaded "
                                f"({type(exc).__name__}); rebuilding")
                 self.invalidate(key, suffix)
-        path = self.build(key, suffix, write, meta)
+        path = self.build(key, suffix, write, meta, signed=signed)
         return load(path), False
 
     def entries(self) -> list[Path]:

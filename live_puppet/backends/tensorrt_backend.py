@@ -107,6 +107,7 @@ class TensorRTBackend(Backend):
 
     precision = "fp16"
     artifact_suffix = ".ep"
+    loads_code = True  # torch.export's archives hold pickled constants, unpickled on loading
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
