@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from live_puppet.backends import BACKEND_CHOICES
 from live_puppet.errors import UserError
@@ -304,8 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    return guarded(lambda: args.func(args), args.debug)
+
+
+def guarded(call: Callable[[], int | None], debug: bool = False) -> int:
+    """Run a command: its exit code, and what went wrong as one line on stderr, never a
+    traceback (unless `debug`)."""
     try:
-        return int(args.func(args) or 0)
+        return int(call() or 0)
     except UserError as err:
         print(f"live-puppet: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
@@ -313,12 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         print("live-puppet: interrupted.", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:  # stdout's reader went away (`| head`): nothing more to say to it
-        if args.debug:
+        if debug:
             raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:  # a bug: one line unless --debug
-        if args.debug:
+        if debug:
             raise
         if isinstance(exc, OSError) and exc.filename is not None:  # the system refused a path
             names = " or ".join(f"'{n}'" for n in (exc.filename, exc.filename2) if n is not None)

@@ -67,6 +67,19 @@ def test_tensorrt_unavailable_is_one_clear_line():
         create_backend("tensorrt")
 
 
+def test_the_backend_bench_says_what_is_wrong_in_one_line(capsys, tmp_path):
+    # engines/README documents `python -m live_puppet.backends.bench`: no traceback from it either
+    from live_puppet.backends import bench
+
+    if importlib.util.find_spec("torch_tensorrt") is None or not torch.cuda.is_available():
+        assert bench.main(["--backends", "tensorrt", "--configs", "small", "--frames", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "tensorrt backend needs" in err and "Traceback" not in err
+    assert bench.main(["--ttff", "--portrait", str(tmp_path / "missing.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err and "Traceback" not in err
+
+
 def test_exported_program_is_static_and_core_aten(generator_and_psi, sketch_batch):
     """What TensorRT consumes: one static-shape program of core ATen ops only."""
     g, psi = generator_and_psi

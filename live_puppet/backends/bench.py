@@ -254,10 +254,17 @@ def main(argv=None) -> int:
     p.add_argument("--calibration-dir", type=Path, help="INT8 calibration sets (onnxruntime-int8)")
     p.add_argument("--single-thread-cpu", action="store_true",
                    help="one compute thread, timed by CPU time (robust on a busy machine)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     args = p.parse_args(argv)
+    if args.ttff and not args.portrait:
+        p.error("--ttff needs --portrait")
+    from live_puppet.cli import guarded
+
+    return guarded(lambda: _report(args), args.debug)
+
+
+def _report(args: argparse.Namespace) -> int:
     if args.ttff:
-        if not args.portrait:
-            p.error("--ttff needs --portrait")
         first_frame_report(args.portrait, args.config, args.backend, args.landmarker_model)
         return 0
     rows = bench_generators(args.configs, args.backends, args.size, args.frames,
