@@ -228,7 +228,8 @@ class RecorderSink(Sink):
     and writes the file's index, so the recording is playable after any exit.
 
     The file is written under a hidden name beside `path` (`.NAME.PID.recording.mp4`) and moved
-    into place when complete: a run that fails keeps an earlier recording of that name. While it
+    into place when closed, even by a run stopping on an error; a recording that itself fails (a
+    full disk) is not moved, so it keeps an earlier recording of that name. While it
     records, it holds a lock on `.NAME.lock` (released by the system however the process ends),
     and a second recorder of the same name is refused (POSIX systems; elsewhere not checked).
     """
@@ -248,7 +249,7 @@ class RecorderSink(Sink):
         except Exception as exc:
             self._unlock()
             raise UserError(f"Cannot write the recording '{self.path}' ({exc}); choose a writable "
-                            f"path ending in .mp4 or .mkv.") from None
+                            f"path ending in .mp4, .mkv, .mov or .m4v.") from None
         self.stream = self.container.add_stream("libx264", rate=self.rate)
         self.stream.width, self.stream.height = size
         self.stream.pix_fmt = "yuv420p"
