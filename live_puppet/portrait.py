@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from live_puppet.capture import IMAGE_SUFFIXES
+from live_puppet.capture import IMAGE_SUFFIXES, natural_order
 from live_puppet.errors import UserError
 from live_puppet.types import FaceState, Portrait
 
@@ -249,12 +249,14 @@ def check_portraits(paths, landmarker_model, size: tuple[int, int] | None, sides
 
 
 def list_portraits(path: Path) -> list[Path]:
-    """A file, or the images of a folder sorted by name."""
+    """A file, or the images of a folder in natural name order (2.jpg before 10.jpg, case
+    aside): the order hotkeys 1-9, n and p follow."""
     path = Path(path).expanduser()
     if path.is_dir():
         # (not hidden files: macOS leaves "._name.jpg" beside each picture copied to a USB disk)
-        files = sorted(p for p in path.iterdir()
-                       if p.suffix.lower() in PORTRAIT_SUFFIXES and not p.name.startswith("."))
+        files = sorted((p for p in path.iterdir()
+                        if p.suffix.lower() in PORTRAIT_SUFFIXES and not p.name.startswith(".")),
+                       key=natural_order)
         if not files:
             raise UserError(f"The folder '{path}' holds no JPEG or PNG portraits; add some or pass "
                             f"a single image to --portrait.")

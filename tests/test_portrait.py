@@ -122,6 +122,15 @@ def test_gallery_sorted_and_reloadable(tmp_path, image_tracker, astronaut):
     assert len(gallery) == 3 and gallery.index == 1
 
 
+def test_gallery_numbers_follow_natural_order(tmp_path):
+    # the hotkeys 1-9 follow this order: "10" after "2", capitals among the rest
+    from live_puppet.portrait import list_portraits
+
+    for name in ("10.jpg", "2.jpg", "1.jpg", "Zoe.jpg", "anna.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in list_portraits(tmp_path)] == ["1.jpg", "2.jpg", "10.jpg", "anna.jpg", "Zoe.jpg"]
+
+
 def test_a_gallery_remembers_a_picture_without_a_face(tmp_path, image_tracker, astronaut):
     """Swapping to it again (hotkeys) must not search the picture again: that takes a second."""
     cv2.imwrite(str(tmp_path / "a.png"), astronaut)
