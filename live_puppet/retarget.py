@@ -229,6 +229,8 @@ class Retargeter:
         self.stored_shape = None
         self._held = None
         self._picker.reset()
+        # (a session started from a saved neutral did not refine it; a neutral taken afresh is)
+        self._picker.refine_frames = self.settings.neutral_refine_frames
         self._filter.reset()
 
     def _adopt(self, neutral: Neutral) -> None:

@@ -224,6 +224,24 @@ def test_calmest_frames_become_the_neutral_and_a_saved_one_is_reused(astronaut_p
     assert np.abs(target.landmarks - astronaut_portrait.face.landmarks).max() < 0.5
 
 
+def test_a_neutral_retaken_in_a_session_started_from_a_saved_one_is_still_refined(astronaut_portrait):
+    # c pressed while smiling: as at any first calibration, a calmer face soon after replaces it
+    base = astronaut_portrait.face.landmarks.astype(np.float64)
+    smiling = {"mouthSmileLeft": 0.9, "mouthSmileRight": 0.9}
+    from live_puppet.calibration import Neutral
+
+    stored = (Neutral.from_faces([face_from(base)]).shape(), 0.0)  # as load_shape gives it
+    rt = Retargeter(RetargetSettings(neutral_frames=3, neutral_keep=1, smoothing_min_cutoff=1e6,
+                                     expressive_min_cutoff=1e6), stored_shape=stored)
+    drive(rt, astronaut_portrait, [face_from(base)])
+    rt.retake_neutral()
+    drive(rt, astronaut_portrait, [face_from(base, blend=smiling)] * 4)
+    smiling_neutral = rt.neutral
+    assert smiling_neutral is not None and smiling_neutral.activity > 0.5
+    drive(rt, astronaut_portrait, [face_from(base)] * 2)
+    assert rt.neutral.activity < smiling_neutral.activity  # the relaxed face took its place
+
+
 def test_a_calmer_face_passing_by_does_not_move_the_neutral_home(astronaut_portrait):
     """Refinement takes a clearly calmer face in the neutral's place, not one sliding out of the
     frame (on d0 with the face slid 190 px aside, Mona stayed 59 px off after the user was back)."""
