@@ -208,7 +208,7 @@ class Retargeter:
         cutoff[fm.expressive_points()] = s.expressive_min_cutoff
         self._filter = OneEuroFilter(cutoff, s.smoothing_beta)
         self._retake = threading.Event()  # set by the hotkey (main thread), acted on per frame
-        self._portrait_id: int | None = None
+        self._portrait: Portrait | None = None  # the one the _p_ fields below describe
         self._p_center = np.zeros(3)
         self._p_size = 1.0
         self._p_rotation = np.eye(3)
@@ -256,9 +256,9 @@ class Retargeter:
 
     # -- portrait ------------------------------------------------------------------------------
     def _use_portrait(self, portrait: Portrait) -> None:
-        if self._portrait_id == id(portrait):
+        if self._portrait is portrait:
             return
-        self._portrait_id = id(portrait)
+        self._portrait = portrait
         self._held = None  # another portrait's pose
         self._p_center, self._p_size = rigid_frame(portrait.face.landmarks)
         self._p_rotation = matrix_rotation(portrait.face.matrix)

@@ -50,17 +50,11 @@ class FaceState:
         return max(x1 - x0, y1 - y0)
 
 
-@dataclass(frozen=True)
-class Tracked:
-    """A frame and the face found in it (None when there is none)."""
-
-    frame: Frame
-    face: FaceState | None
-
-
-@dataclass
+@dataclass(eq=False)
 class Portrait:
-    """A picture to animate, with its face analysed once."""
+    """A picture to animate, with its face analysed once. Compared and hashed by identity: engines
+    and the retargeter keep per-portrait state keyed by the object itself (an id() could be
+    reused by another portrait once this one is gone)."""
 
     name: str  # file stem, shown in the overlay
     path: Path | None

@@ -272,9 +272,8 @@ def test_close_does_not_wait_for_a_running_build_and_drops_it(
     monkeypatch.setattr(engine.builder, "build", slow_build)
     future = engine.prepare_async(portrait)
     assert started.wait(10)
-    t0 = time.perf_counter()
     engine.close()
-    assert time.perf_counter() - t0 < 1.0  # the 3 s build is not waited for
+    assert not finished.is_set()  # the 3 s build is not waited for
     assert finished.wait(60)
     future.result(timeout=10)
     assert not engine.is_ready(portrait) and len(engine._ready) == 0  # the late build is dropped
@@ -286,25 +285,29 @@ def test_quitting_during_a_build_exits_promptly(checkpoint, tmp_path):
     import subprocess
     import sys
     import textwrap
-    import time
 
     script = textwrap.dedent(f"""
-        import time, types
+        import threading
         from live_puppet.render import create_engine
         engine = create_engine("neural", checkpoint={str(checkpoint)!r}, backend="onnxruntime",
                                engine_dir={str(tmp_path)!r}, progress=False)
-        engine.builder.build = lambda portrait: time.sleep(300)  # a long compile
-        engine.prepare_async(types.SimpleNamespace(name="slow"))
-        time.sleep(0.5)
+        started = threading.Event()
+        def endless_compile(portrait):
+            started.set()
+            threading.Event().wait()  # never ends
+        engine.builder.build = endless_compile
+        class Slow:
+            name = "slow"
+        engine.prepare_async(Slow())
+        started.wait()
         engine.close()
         print("closed", flush=True)
     """)
-    t0 = time.perf_counter()
+    # the interpreter exits although the build never ends (else: the timeout fails the test)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "closed" in proc.stdout
-    assert time.perf_counter() - t0 < 60  # not held up by the 300 s build at interpreter exit
 
 
 def test_a_portrait_whose_build_failed_once_is_rebuilt_after_a_later_eviction(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -176,13 +177,14 @@ class NeuralEngine(Engine):
         self.builder = PortraitEngineBuilder(checkpoint, backend=backend, engine_dir=engine_dir,
                                              progress=progress, calibration_dir=calibration_dir)
         self.backend = self.builder.backend_name
-        self._ready: OrderedDict[int, _Active] = OrderedDict()
-        self._pending: dict[int, Future] = {}
+        self._ready: OrderedDict[Portrait, _Active] = OrderedDict()
+        self._pending: dict[Portrait, Future] = {}
         self._lock = threading.Lock()  # guards _ready, _pending, _on_screen
-        self._on_screen: int | None = None  # id of the portrait rendered last: never evicted
+        self._on_screen: Portrait | None = None  # the portrait rendered last: never evicted
         self._worker = _BuildWorker("neural-build")
         self.last_error: str | None = None  # the last background build's failure, one line
-        self._failed: dict[int, str] = {}  # portraits whose build failed: not retried per frame
+        # portraits whose build failed: not retried per frame (forgotten with the portrait)
+        self._failed: weakref.WeakKeyDictionary[Portrait, str] = weakref.WeakKeyDictionary()
         # wall ms of each frame's generator call alone (no sketch drawing, no pasting)
         self.generate_ms: deque[float] = deque(maxlen=KEEP_TIMINGS)
 
@@ -193,7 +195,7 @@ class NeuralEngine(Engine):
         with self._lock:
             if self._worker.closed:  # finished after close(): dropped
                 return active
-            key = id(portrait)
+            key = portrait
             self._failed.pop(key, None)  # a retry that worked: evicted later, it may be rebuilt
             self._ready[key] = active
             self._ready.move_to_end(key)
@@ -209,7 +211,7 @@ class NeuralEngine(Engine):
         """Build (or load from the cache) this portrait's engine now, blocking."""
         if self._active(portrait, use=True) is not None:
             return
-        future = self._pending.get(id(portrait))
+        future = self._pending.get(portrait)
         if future is not None:
             future.result()
             return
@@ -224,10 +226,10 @@ class NeuralEngine(Engine):
                 done: Future = Future()
                 done.set_result(None)
                 return done
-            if id(portrait) in self._pending:
-                return self._pending[id(portrait)]
+            if portrait in self._pending:
+                return self._pending[portrait]
             future = self._worker.submit(self._build_in_background, portrait)
-            self._pending[id(portrait)] = future
+            self._pending[portrait] = future
             return future
 
     def _build_in_background(self, portrait: Portrait) -> None:
@@ -238,19 +240,19 @@ class NeuralEngine(Engine):
                 return  # failed after close(): nobody is listening
             self.last_error = str(exc) if isinstance(exc, UserError) else \
                 f"building the neural engine for '{portrait.name}' failed: {type(exc).__name__}: {exc}"
-            self._failed[id(portrait)] = self.last_error
+            self._failed[portrait] = self.last_error
             raise
         finally:
             with self._lock:
-                self._pending.pop(id(portrait), None)
+                self._pending.pop(portrait, None)
 
     def _lookup(self, portrait: Portrait, use: bool = False) -> _Active | None:
         """The portrait's prepared engine or None; `use` marks it most recently used. Lock held."""
-        active = self._ready.get(id(portrait))
+        active = self._ready.get(portrait)
         if active is None or active.prepared.portrait is not portrait:
             return None
         if use:
-            self._ready.move_to_end(id(portrait))
+            self._ready.move_to_end(portrait)
         return active
 
     def _active(self, portrait: Portrait, use: bool = False) -> _Active | None:
@@ -285,13 +287,13 @@ class NeuralEngine(Engine):
 
     def render(self, portrait: Portrait, target: Target | None) -> np.ndarray:
         with self._lock:
-            self._on_screen = id(portrait)
+            self._on_screen = portrait
             active = self._lookup(portrait, use=True)
             closed = self._worker.closed
         if target is None:
             return portrait.image.copy()
         if active is None:
-            if not closed and id(portrait) not in self._pending and id(portrait) not in self._failed:
+            if not closed and portrait not in self._pending and portrait not in self._failed:
                 self.prepare_async(portrait)
             return portrait.image.copy()  # at rest until its engine is ready; never blocks
         face = self._generate(active, target.landmarks)
