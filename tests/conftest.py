@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,12 @@ def numbered_frames(n: int, size=(64, 48)) -> list[np.ndarray]:
     """Frames whose brightness encodes their index (index * 8), to check order after encoding."""
     w, h = size
     return [np.full((h, w, 3), min(255, i * 8), np.uint8) for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Tests press Ctrl-C (SIGINT) and expect a KeyboardInterrupt, as in a terminal; a suite started
+    in the background of a script, where SIGINT is ignored, would not get one."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -278,9 +278,9 @@ def test_feature_gains_reach_the_retargeter():
     assert (settings.brow_gain, settings.eye_gain, settings.mouth_gain) == (1.4, 0.8, 1.0)
 
 
-# Ctrl-C; the terminal closing. A --loop run has no end to stop before: Ctrl-C is how it ends.
+# Ctrl-C; the terminal closing; `kill`. A --loop run has no end to stop before: Ctrl-C is how it ends.
 @pytest.mark.parametrize("sig, loop", [(signal.SIGINT, False), (signal.SIGHUP, False),
-                                       (signal.SIGINT, True)])
+                                       (signal.SIGTERM, False), (signal.SIGINT, True)])
 def test_a_signal_mid_run_leaves_a_playable_recording(sig, loop, tmp_path, landmarker_model):
     portrait = need(PORTRAITS / "mona_lisa.jpg")
     clip = need(DRIVING / "d3.mp4")
