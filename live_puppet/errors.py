@@ -1,6 +1,7 @@
 """The one error type the user sees: a sentence saying what is wrong and what to do; and the
 lines (notes, warnings) printed while the program goes on."""
 
+import contextlib
 import os
 import sys
 
@@ -102,6 +103,23 @@ def writable_folder(path, what: str, flag: str):
                         f"{exc.strerror or exc}; choose a folder you can write.") from None
     _try_writing(path, what, flag, path)
     return path
+
+
+@contextlib.contextmanager
+def folder_made_for(path, what: str, flag: str):
+    """writable_folder(path, ...) for the block; removed again when this made it and the block
+    fails before writing anything to it (a mistyped input leaves no empty folder behind)."""
+    from pathlib import Path
+
+    made = not Path(path).expanduser().exists()
+    folder = writable_folder(path, what, flag)
+    try:
+        yield folder
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # (only when empty)
+        raise
 
 
 def _try_writing(folder, what: str, flag: str, target) -> None:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from live_puppet.errors import UserError, writable_file, writable_folder
+from live_puppet.errors import UserError, folder_made_for, writable_file
 
 
 def register(subparsers) -> None:
@@ -77,28 +77,28 @@ def eval_handler(args: argparse.Namespace) -> int:
         tasks = ev.eval_tasks(engines, ev.expand_clips(args.driving),
                               ev.expand_portraits(args.portraits))
     # Outputs and inputs checked before the first pair: nothing is lost half-way.
-    out_dir = writable_folder(args.out, "the contact sheets", "--out")
-    if args.json:
-        writable_file(args.json, "the scores", "--json", [*(args.self_clips or []),
-                      *(args.driving or []), *(args.portraits or []), args.checkpoint,
-                      args.landmarker_model])
-    options = ev.EvalOptions(
-        out_dir=out_dir, frames=args.frames, sheet_columns=args.sheet_frames,
-        sheet_every=args.sheet_every, video=args.video, landmarker_model=args.landmarker_model,
-        checkpoint=args.checkpoint, backend=args.backend, engine_dir=args.engine_dir,
-        size=args.size, max_side=args.max_side, expression_gain=args.expression_gain,
-        feature_gains=dict(args.feature_gains))
-    ev.check_inputs(tasks, options)
-    try:
-        report = ev.run_eval(tasks, options, progress=_progress)
-    except (KeyboardInterrupt, Exception) as exc:
-        partial = getattr(exc, "partial_report", None)
-        if partial is None or not partial.results:
+    with folder_made_for(args.out, "the contact sheets", "--out") as out_dir:
+        if args.json:
+            writable_file(args.json, "the scores", "--json", [*(args.self_clips or []),
+                          *(args.driving or []), *(args.portraits or []), args.checkpoint,
+                          args.landmarker_model])
+        options = ev.EvalOptions(
+            out_dir=out_dir, frames=args.frames, sheet_columns=args.sheet_frames,
+            sheet_every=args.sheet_every, video=args.video, landmarker_model=args.landmarker_model,
+            checkpoint=args.checkpoint, backend=args.backend, engine_dir=args.engine_dir,
+            size=args.size, max_side=args.max_side, expression_gain=args.expression_gain,
+            feature_gains=dict(args.feature_gains))
+        ev.check_inputs(tasks, options)
+        try:
+            report = ev.run_eval(tasks, options, progress=_progress)
+        except (KeyboardInterrupt, Exception) as exc:
+            partial = getattr(exc, "partial_report", None)
+            if partial is None or not partial.results:
+                raise
+            _print_report(partial, args)  # the pairs finished before the stop are not lost
+            print(f"live-puppet: only {len(partial.results)} of {len(tasks)} pairs were scored.",
+                  file=sys.stderr, flush=True)
             raise
-        _print_report(partial, args)  # the pairs finished before the stop are not lost
-        print(f"live-puppet: only {len(partial.results)} of {len(tasks)} pairs were scored.",
-              file=sys.stderr, flush=True)
-        raise
     _print_report(report, args)
     return 0
 

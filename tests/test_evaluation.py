@@ -341,6 +341,15 @@ def test_bad_eval_and_bench_arguments_get_one_line_and_exit_code_2(argv, message
     assert len(err) == 1 and message in err[0] and err[0].startswith("live-puppet: error:")
 
 
+def test_an_eval_refused_before_its_first_pair_leaves_no_empty_out_folder(tmp_path, capsys):
+    (tmp_path / "not_a_picture.jpg").write_text("not an image")
+    sheets = tmp_path / "sheets"
+    assert main(["eval", "--portrait", str(tmp_path / "not_a_picture.jpg"), "--driving",
+                 str(need(DRIVING / "d0.mp4")), "--frames", "2", "--out", str(sheets)]) == 2
+    assert "not an image" in capsys.readouterr().err
+    assert not sheets.exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--engine", "neural"], "--model-config"),
     (["--engine", "warp", "--model-config", "small"], "add --engine neural"),
