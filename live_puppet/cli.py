@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pace files at their fps and drop frames like a camera (default for cameras)")
     rt.add_argument("--no-realtime", dest="realtime", action="store_false",
                     help="process every frame exactly once, in order (default for files)")
+    run.add_argument("--camera-size", type=lambda t: parse_size(t), default=(640, 480),
+                     help="webcam capture size to ask for (default 640x480, plenty for tracking; "
+                          "the camera may pick another)")
+    run.add_argument("--camera-fps", type=frame_rate, default=30.0,
+                     help="webcam rate to ask for (default 30)")
     run.add_argument("--loop", action="store_true", help="start a video file over at its end")
     run.add_argument("--mirror", action="store_true", help="mirror the driver (selfie view)")
     run.add_argument("--no-vcam", dest="vcam", action="store_false", help="no virtual camera")
@@ -199,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vcam-backend", help="pyvirtualcam backend (default: the first that works)")
     run.add_argument("--no-preview", dest="preview", action="store_false",
                      help="no preview window (headless)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar on the terminal (shown when there is no preview)")
     run.add_argument("--record", type=Path, help="write the virtual camera's frames to this .mp4 (H.264)")
     run.add_argument("--stats-json", type=Path, help="write frame counts, fps and latencies here at exit")
     run.add_argument("--max-frames", type=positive_int, help="stop after this many output frames")
@@ -221,11 +228,13 @@ def config_from_args(args) -> "RunConfig":
 
     return RunConfig(
         portrait=args.portrait, source=args.source, realtime=args.realtime, loop=args.loop,
-        mirror=args.mirror, landmarker_model=args.landmarker_model, engine=args.engine,
+        mirror=args.mirror, camera_size=args.camera_size, camera_fps=args.camera_fps,
+        landmarker_model=args.landmarker_model, engine=args.engine,
         checkpoint=args.checkpoint, backend=args.backend, size=args.size, max_side=args.max_side,
         expression_gain=args.expression_gain, feature_gains=dict(args.feature_gains),
         vcam=args.vcam, vcam_size=args.vcam_size,
         vcam_fps=args.vcam_fps, vcam_backend=args.vcam_backend, preview=args.preview,
+        progress=args.progress,
         record=args.record, stats_json=args.stats_json, max_frames=args.max_frames,
         overlay_landmarks=args.show_landmarks, engine_dir=args.engine_dir,
         calibration=args.calibration, calibration_dir=args.calibration_dir)

@@ -383,3 +383,28 @@ def test_an_avi_with_b_frames_plays_evenly(tmp_path):
     frames = drain(Capture(VideoFileSource(path), realtime=False).start())
     times = [f.media_time for f in frames]
     assert len(times) == 30 and np.allclose(np.diff(times), 0.04)
+
+
+def test_the_camera_is_asked_for_the_size_and_rate_given_on_the_command_line(monkeypatch):
+    import live_puppet.capture as capture_module
+    from live_puppet.cli import build_parser, config_from_args
+
+    asked = {}
+
+    class Camera(_UnpluggedCamera):
+        def set(self, prop, value):
+            asked[prop] = value
+            return True
+
+    _UnpluggedCamera.made = []
+    monkeypatch.setattr(capture_module.cv2, "VideoCapture", Camera)
+    args = build_parser().parse_args(["run", "--portrait", "p.jpg", "--camera-size", "1280x720",
+                                      "--camera-fps", "60", "--no-progress"])
+    config = config_from_args(args)
+    assert config.progress is False
+    source = open_source(config.source, camera_size=config.camera_size, camera_fps=config.camera_fps)
+    next(source.frames())
+    source.close()
+    cv2 = capture_module.cv2
+    assert (asked[cv2.CAP_PROP_FRAME_WIDTH], asked[cv2.CAP_PROP_FRAME_HEIGHT],
+            asked[cv2.CAP_PROP_FPS]) == (1280, 720, 60)
