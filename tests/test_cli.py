@@ -312,10 +312,11 @@ class KeysAt(Sink):
     wants_canvas = True
 
     def __init__(self, keys: dict[int, str]):
-        self.keys, self.names = keys, []
+        self.keys, self.names, self.statuses = keys, [], []
 
     def send(self, image, info):
         self.names.append(info.portrait_name)
+        self.statuses.append(info.status)
         if info.index in self.keys:
             info.keys.append(ord(self.keys[info.index]))
 
@@ -332,12 +333,17 @@ def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, land
     cv2.imwrite(str(gallery / "b.png"), cv2.flip(astronaut, 1))
     driving = write_video(tmp_path / "drive.mp4", [astronaut] * 30)
 
-    keys = KeysAt({10: "2", 15: "3", 20: "c"})  # there is no third portrait: 3 changes nothing
+    # there is no third portrait: 3 changes nothing; + + - is one step more expression
+    keys = KeysAt({10: "2", 15: "3", 20: "c", 26: "+", 27: "+", 28: "-"})
     app = App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False,
                         preview=False), extra_sinks=[keys])
     app.run()
     assert keys.names[:11] == ["a"] * 11 and keys.names[-1] == "b"
-    assert app.retargeter.neutral is not None  # re-taken from the frames after c
+    # c: the frames after it calibrate afresh (the portrait waits at rest), then it goes on
+    calibrating = [i for i, s in enumerate(keys.statuses) if s.startswith("calibrating")]
+    assert calibrating and min(i for i in calibrating if i > 5) in (21, 22)
+    assert not keys.statuses[-1].startswith("calibrating")
+    assert app.retargeter.settings.expression_gain == 1.1
 
 
 def test_a_second_ctrl_c_while_closing_still_finalizes_the_recording(tmp_path, monkeypatch, landmarker_model):
