@@ -110,6 +110,20 @@ def test_missing_corrupt_truncated_and_foreign_checkpoints_are_user_errors(tmp_p
     assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "bad.safetensors"), "damaged")
 
 
+def test_a_checkpoint_missing_a_weight_is_refused_not_filled_with_random_ones(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    good = save_checkpoint(tmp_path / "good.safetensors", tiny_meta_checkpoint())
+    tensors = load_file(str(good))
+    name = next(k for k in tensors if k.startswith("generator.") and k.endswith("weight"))
+    del tensors[name]
+    with safe_open(str(good), "pt") as f:  # (as a tool that drops a tensor and the checksum would)
+        meta = {k: v for k, v in f.metadata().items() if k != "sha256"}
+    save_file(tensors, str(tmp_path / "short.safetensors"), metadata=meta)
+    assert_one_line_user_error(lambda: load_checkpoint(tmp_path / "short.safetensors"), "damaged")
+
+
 def test_a_changed_weight_byte_is_refused(tmp_path):
     # a bit flipped on disk or in a copy still parses as safetensors and would render garbage
     good = save_checkpoint(tmp_path / "good.safetensors", tiny_meta_checkpoint())
