@@ -443,10 +443,31 @@ def test_a_failing_render_closes_the_face_tracker_only_after_the_tracking_thread
     monkeypatch.setattr(Tracker, "track", slow_track)
     monkeypatch.setattr(Tracker, "close", watched_close)
     app = App(RunConfig(portrait=tmp_path / "portrait.png", source=str(driving), realtime=False,
-                        vcam=False, preview=False))
+                        vcam=False, preview=False, record=tmp_path / "out.mp4"))
     with pytest.raises(RuntimeError, match="engine failure"):
         app.run()
     assert closed_while_tracking == [False]
+    assert count_frames(tmp_path / "out.mp4") == ("h264", 4)  # the frames before it, playable
+
+
+def test_a_failing_output_is_turned_off_and_the_others_go_on(tmp_path, astronaut, capsys, landmarker_model):
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+
+    class Unplugged(Sink):
+        name = "window"
+
+        def send(self, image, info):
+            if info.index == 5:
+                raise OSError("display gone")
+
+    cv2.imwrite(str(tmp_path / "portrait.png"), astronaut)
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 30)
+    app = App(RunConfig(portrait=tmp_path / "portrait.png", source=str(driving), realtime=False,
+                        vcam=False, preview=False, record=tmp_path / "out.mp4"), extra_sinks=[Unplugged()])
+    app.run()
+    assert count_frames(tmp_path / "out.mp4") == ("h264", 30)  # the whole clip, not 5 frames
+    assert "the window output failed (display gone) and was turned off" in capsys.readouterr().err
 
 
 def test_ctrl_c_while_starting_up_stops_at_once(tmp_path, astronaut, monkeypatch, landmarker_model):
