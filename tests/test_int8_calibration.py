@@ -95,3 +95,18 @@ def test_damaged_or_misplaced_calibration_sets_are_one_sentence(tmp_path):
     a_file.write_text("not a folder")
     with pytest.raises(UserError, match="--calibration-dir"):
         write_calibration_set(need(DRIVING / "d0.mp4"), a_file)
+
+
+def test_a_new_calibration_set_gives_a_new_int8_engine(calibration_dir, tmp_path):
+    # The engine's cache key holds the calibration's digest: a set re-made from another clip must
+    # not reuse an engine quantized for the old one.
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(calibration_dir, other)
+    points = other / "d0" / "points.npy"
+    np.save(points, np.load(points)[::-1].copy())  # other sketches in place of the first ones
+    first = create_backend("onnxruntime-int8", calibration_dir=calibration_dir).versions()
+    again = create_backend("onnxruntime-int8", calibration_dir=calibration_dir).versions()
+    changed = create_backend("onnxruntime-int8", calibration_dir=other).versions()
+    assert first == again and first != changed

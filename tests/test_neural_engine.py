@@ -346,3 +346,32 @@ def test_a_portrait_whose_build_failed_once_is_rebuilt_after_a_later_eviction(
         assert engine.is_ready(first)
     finally:
         engine.close()
+
+
+def test_a_retrained_checkpoint_gets_its_own_engine_not_the_cached_one(checkpoint, portrait, tmp_path):
+    # Same file name, new weights (train wrote last.safetensors again): the old engine would render
+    # the old model.
+    import shutil
+
+    from live_puppet.training.checkpoint import load_checkpoint
+
+    path = tmp_path / "last.safetensors"
+    shutil.copy(checkpoint, path)
+    engines = tmp_path / "engines"
+    built = []
+    for retrain in (False, False, True):
+        if retrain:
+            ck = load_checkpoint(path)
+            with torch.no_grad():
+                ck.generator.projection.mul_(-1.0)
+            save_checkpoint(path, ck)
+        engine = make(path, engines)
+        try:
+            engine.prepare(portrait)
+            built.append((engine.prepared(portrait).from_cache,
+                          engine.render(portrait, target_for(portrait))))
+        finally:
+            engine.close()
+    (cold, first), (cached, again), (rebuilt, retrained) = built
+    assert (cold, cached, rebuilt) == (False, True, False)
+    assert np.array_equal(first, again) and not np.array_equal(first, retrained)
