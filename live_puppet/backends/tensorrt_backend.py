@@ -1,6 +1,6 @@
 """The TensorRT backend: torch.export -> torch_tensorrt.dynamo.compile (fp16, static shapes).
 
-Needs an NVIDIA GPU with CUDA 12.x and the `tensorrt` extra (`pip install -e ".[tensorrt]"`, which
+Needs an NVIDIA GPU with a CUDA 13 driver and the `tensorrt` extra (`pip install -e ".[tensorrt]"`, which
 pulls torch-tensorrt and TensorRT). Everything imports lazily: without them the backend reports one
 clear sentence and `auto` falls back to ONNX Runtime.
 
@@ -113,7 +113,8 @@ class TensorRTBackend(Backend):
     def unavailable_reason(cls) -> str | None:
         if importlib.util.find_spec("torch_tensorrt") is None:
             return (f"The tensorrt backend needs torch-tensorrt and an NVIDIA GPU; run "
-                    f"{INSTALL_HINT} on a machine with CUDA 12.x, or choose --backend onnxruntime.")
+                    f"{INSTALL_HINT} on a machine with an NVIDIA driver for CUDA 13, or choose "
+                    f"--backend onnxruntime.")
         import torch
 
         if not torch.cuda.is_available():
