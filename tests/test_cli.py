@@ -544,7 +544,7 @@ def test_train_given_raw_videos_or_a_broken_prepared_clip_says_what_to_do(tmp_pa
                                       str(tmp_path / "run"), "--steps", "1"), "is unreadable; delete")
 
 
-def test_prepare_says_when_no_clip_could_be_read(tmp_path):
+def test_prepare_says_when_no_clip_could_be_read(tmp_path, landmarker_model):
     """A folder whose only 'video' is not one: not 'no face' with exit 0, but one sentence."""
     videos = tmp_path / "videos"
     videos.mkdir()
