@@ -261,6 +261,9 @@ def cmd_run(args) -> int:
 
     config = config_from_args(args)
     check_outputs(config)
+    if not (config.vcam or config.preview or config.record or config.stats_json):
+        warn("with --no-vcam, --no-preview and no --record, the frames go nowhere; add --record "
+             "FILE to keep them.")
     if config.checkpoint is not None and config.engine != "neural":
         warn(f"--checkpoint is for the neural engine; the {config.engine} engine runs without it "
              f"(add --engine neural to use it).")

@@ -576,6 +576,7 @@ def test_a_one_frame_run_with_an_unused_checkpoint(tmp_path, astronaut, landmark
                  "--no-realtime", "--max-frames", "1", "--checkpoint", str(tmp_path / "ck.safetensors")]) == 0
     captured = capsys.readouterr()
     assert "--checkpoint is for the neural engine" in captured.err  # not silently ignored
+    assert "the frames go nowhere; add --record FILE" in captured.err  # no camera, window or file
     done = [line for line in captured.out.splitlines() if line.startswith("Done:")]
     assert done and done[0].startswith("Done: 1 frame out of") and "fps" not in done[0]
 
