@@ -8,6 +8,7 @@ MediaPipe model storage (progress bar, sha256 checked).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -64,7 +65,7 @@ def resolve_landmarker_model(explicit: str | os.PathLike | None = None, download
         return cached
     if not download:
         raise UserError(f"The face landmarker model is missing; put face_landmarker.task at "
-                        f"{cached} or pass --landmarker-model PATH.")
+                        f"{cached} or pass --landmarker-model PATH (or set ${ENV_VAR}).")
     return _download(cached)
 
 
@@ -78,6 +79,7 @@ def _download(dest: Path) -> Path:
                         f"model ({exc.strerror or exc}); make it writable, or download {MODEL_URL} "
                         f"yourself and pass it with --landmarker-model PATH (or ${ENV_VAR}).") from None
     print(f"Downloading MediaPipe's face landmarker model (3.6 MB) to {dest} ...", flush=True)
+    pooch.get_logger().setLevel(logging.WARNING)  # (its own "Downloading data from" line)
     try:
         fetched = pooch.retrieve(MODEL_URL, known_hash=f"sha256:{MODEL_SHA256}", fname=dest.name,
                                  path=dest.parent, progressbar=True)
@@ -85,8 +87,8 @@ def _download(dest: Path) -> Path:
         offline = " (this machine seems to be offline)" if "Connection" in type(exc).__name__ else ""
         raise UserError(
             f"Could not download the face landmarker model ({type(exc).__name__}{offline}); "
-            f"download {MODEL_URL} by hand and put it at {dest}, or pass --landmarker-model PATH.") \
-            from None
+            f"download {MODEL_URL} by hand and put it at {dest}, or pass --landmarker-model PATH "
+            f"(or set ${ENV_VAR}).") from None
     return Path(fetched)
 
 
