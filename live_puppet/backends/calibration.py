@@ -48,7 +48,8 @@ def write_calibration_set(clip: str | os.PathLike, out_dir: str | os.PathLike, c
     (dest / "sketches").mkdir(parents=True, exist_ok=True)
     points = []
     with Tracker(resolve_landmarker_model(landmarker), mode="video") as tracker:
-        bar = tqdm(total=len(wanted), desc=f"calibration set from {clip.name}", unit="frame")
+        bar = tqdm(total=len(wanted), desc=f"calibration set from {clip.name}", unit="frame",
+                   disable=None)  # (on a terminal only, as run, eval and bench)
         for index, frame in enumerate(source.frames()):
             face = tracker.track(frame, timestamp_ms=int(index * 1000 / 30))
             if index in wanted and face is not None:

@@ -178,7 +178,7 @@ def prepare_dataset(dataset_dir: Path, out_dir: Path, size: int = 256, every: in
     skipped = set(json.loads(skipped_path.read_text())) if skipped_path.is_file() else set()
     preparer = ClipPreparer(model, size, every, max_frames)
     counts = {"prepared": 0, "resumed": 0, "skipped": 0, "unreadable": 0, "frames": 0}
-    for clip in tqdm(clips, desc="prepare", unit="clip"):
+    for clip in tqdm(clips, desc="prepare", unit="clip", disable=None):  # (on a terminal only)
         target = out_dir / clip.clip_id
         if (target / "meta.json").is_file():
             counts["resumed"] += 1
