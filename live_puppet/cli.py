@@ -118,7 +118,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
         p.add_argument("--portrait", type=Path, required=True,
                        help="portrait image (JPEG/PNG), or a folder of them (a gallery)")
     p.add_argument("--engine", default="warp",
-                   help="render engine: warp (default, no weights), neural (needs --checkpoint), static")
+                   help="render engine: warp (default, no weights), neural (needs --checkpoint), static"
+                        + ("" if portrait_required else "; a comma list gives a row each"))
     p.add_argument("--checkpoint", type=Path, help="neural engine checkpoint (.safetensors)")
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="neural engine inference backend (auto: the fastest present)")
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no preview window (headless)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bar on the terminal (shown when there is no preview)")
-    run.add_argument("--record", type=Path, help="write the virtual camera's frames to this .mp4 (H.264)")
+    run.add_argument("--record", type=Path,
+                     help="write the virtual camera's frames to this H.264 file (.mp4, .mkv, .mov, .m4v)")
     run.add_argument("--stats-json", type=Path, help="write frame counts, fps and latencies here at exit")
     run.add_argument("--max-frames", type=positive_int, help="stop after this many output frames")
     run.add_argument("--show-landmarks", action="store_true", help="start with the landmark overlay on")

@@ -109,8 +109,9 @@ def _print_report(report, args: argparse.Namespace) -> None:
     print(report.table(), flush=True)
     scored = f"1..{args.frames} of each clip (to its end if shorter)" if args.frames else \
         "all but the first of each clip"
-    print(f"Frames scored: {scored}; PSNR capped at "
-          f"{ev.PSNR_CAP_DB:g} dB; jitter in thousandths of a face size per frame^2.")
+    cap = f"PSNR capped at {ev.PSNR_CAP_DB:g} dB; " if args.self_clips else ""
+    print(f"Frames scored: {scored}; {cap}jitter in thousandths of a face size per frame^2; "
+          f"expr amp: the output's expression motion over the driver's; -: the driver did not move it.")
     print(f"Contact sheets{' and videos' if args.video else ''}: {args.out}/")
     if args.json:
         _write_json(args.json, report.to_json())
