@@ -91,7 +91,11 @@ class RetargetSettings:
     # hair and background, which stay; at 1.25 the crown was cut flat and at 0.75 the hair rose
     # into a spike.
     max_scale_change: float = 0.1
-    max_translation: float = 0.35  # head translation limit, as a fraction of the face box
+    # Head translation limit, as a fraction of the face box, approached softly (tanh): the neck and
+    # shoulders stay, so a head carried far stretches the neck (d20.mp4's caller rises by 0.65
+    # face heights: with a hard limit of 0.35 Mona's neck grew by 58 px, the astronaut's helmet
+    # ring was pulled into an oval). Small shifts pass nearly as they are.
+    max_translation: float = 0.2
     # No point moves further than this by expression, in head sizes (the RMS radius of the rigid
     # points, about a third of the face's box): d6.mp4's widest-open mouth reaches 0.62.
     max_expression: float = 1.5
@@ -331,8 +335,8 @@ class Retargeter:
         move = (r @ n.center * scale + t) - n.center  # how the neutral's centre moved
         scale = float(np.clip(scale, 1 - s.max_scale_change, 1 + s.max_scale_change))
         move = move * size_ratio
-        limit = s.max_translation * 2.5 * self._p_size
-        move[:2] = np.clip(move[:2], -limit, limit)
+        limit = max(s.max_translation * 2.5 * self._p_size, 1e-6)
+        move[:2] = limit * np.tanh(move[:2] / limit)
         move[2] = 0.0
 
         center = self._p_center
