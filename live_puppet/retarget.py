@@ -153,6 +153,25 @@ def feature_gains(landmarks: np.ndarray, settings: RetargetSettings) -> np.ndarr
     return gains
 
 
+# Inner-lip points facing each other across the mouth: the upper line's and the lower line's.
+_LIP_PAIRS = np.stack([fm.UPPER_INNER_LINE[1:10], fm.INNER_LIPS[11:][::-1]], 1)
+
+
+def keep_lips_uncrossed(landmarks: np.ndarray, rest: np.ndarray) -> None:
+    """Where an upper inner-lip point has gone below its partner on the lower lip, both meet
+    halfway instead (in place). Lip motion is carried as offsets from the driver's neutral: taken
+    with the lips apart (d3.mp4 starts mid-sentence), a driver pressing them shut pushed the
+    portrait's lips through each other, which drew an opening with teeth in a closed mouth."""
+    down = rest[152, :2] - rest[fm.UPPER_INNER_LIP, :2]
+    down = down / (np.linalg.norm(down) + 1e-9)
+    upper, lower = _LIP_PAIRS[:, 0], _LIP_PAIRS[:, 1]
+    crossed = (landmarks[lower, :2] - landmarks[upper, :2]) @ down < 0
+    if crossed.any():
+        meet = (landmarks[upper[crossed]] + landmarks[lower[crossed]]) / 2
+        landmarks[upper[crossed]] = meet
+        landmarks[lower[crossed]] = meet
+
+
 def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction: float) -> None:
     """Open the eye of `landmarks` to `fraction` of its opening in `rest` (in place).
 
@@ -329,6 +348,7 @@ class Retargeter:
             if self._p_open[eye] < 0.08:  # the portrait's eye is (nearly) shut: leave it
                 continue
             set_eye_opening(base, rest, eye, fraction)
+        keep_lips_uncrossed(base, rest)
 
         turn = self._portrait_turn(r @ n.rotation, n.rotation)
         turn = clamp_rotation(turn, s.max_rotation_deg)

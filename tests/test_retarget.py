@@ -153,6 +153,22 @@ def test_expression_gain_scales_the_expression_and_the_limits_hold_the_head(astr
     assert target.translation[0] == pytest.approx(0.03 * np.ptp(p[:, 0]), rel=0.1)
 
 
+def test_lips_pressed_after_a_neutral_with_parted_lips_close_and_do_not_cross(astronaut_portrait):
+    # The neutral was taken mid-sentence (lips apart); pressing them shut is then a closing motion
+    # larger than the portrait's own opening: its lips must meet, not pass through each other.
+    p = astronaut_portrait.face.landmarks.astype(np.float64)
+    upper, lower = fm.INNER_LIPS[1:10], fm.INNER_LIPS[11:][::-1]  # facing pairs across the mouth
+    neutral = p.copy()
+    neutral[lower, 1] += 0.06 * np.ptp(p[:, 1])  # the lower lip further down than the portrait's
+    pressed = p.copy()
+    pressed[lower, 1] = p[upper, 1]  # shut
+    rt = Retargeter(settings())
+    drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
+    target = rt(face_from(pressed), astronaut_portrait, 1.0).landmarks
+    gaps = target[lower, 1] - target[upper, 1]
+    assert gaps.min() >= -1e-3  # (crossed by 5 px before: an opening drawn in a closed mouth)
+
+
 def test_a_still_face_with_tracking_noise_gives_a_stiller_portrait(astronaut_portrait):
     # The 1 euro filter at the default settings: MediaPipe's jitter on a still face is calmed (the
     # seeded noise makes the figures below exact).
