@@ -346,6 +346,27 @@ def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, land
     assert app.retargeter.settings.expression_gain == 1.1
 
 
+def test_a_saved_calibration_is_reused_at_the_next_start(tmp_path, astronaut, landmarker_model):
+    """--calibration NAME: the first run takes the neutral face and saves it; the next run starts
+    animating at its first frame instead of calibrating again."""
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+
+    cv2.imwrite(str(tmp_path / "portrait.png"), astronaut)
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 12)
+    statuses = []
+    for run in range(2):
+        keys = KeysAt({})
+        App(RunConfig(portrait=tmp_path / "portrait.png", source=str(driving), realtime=False,
+                      vcam=False, preview=False, calibration="me", calibration_dir=tmp_path / "cal"),
+            extra_sinks=[keys]).run()
+        statuses.append(keys.statuses)
+        if run == 0:
+            assert (tmp_path / "cal" / "me.json").is_file()
+    assert statuses[0][0].startswith("calibrating")  # first run: the neutral face is taken
+    assert not any(s.startswith("calibrating") for s in statuses[1])  # next: reused at once
+
+
 def test_a_second_ctrl_c_while_closing_still_finalizes_the_recording(tmp_path, monkeypatch, landmarker_model):
     """Ctrl-C, then Ctrl-C again while the app is shutting down: the recording must still play."""
     from live_puppet import capture as capture_module
