@@ -346,6 +346,36 @@ def test_hotkeys_swap_portraits_and_retake_the_neutral(tmp_path, astronaut, land
     assert app.retargeter.settings.expression_gain == 1.1
 
 
+def test_a_swap_to_a_wider_portrait_fills_the_camera_s_frame_to_its_own_shape(tmp_path, astronaut,
+                                                                              landmarker_model):
+    """The camera's picture is letterboxed per portrait: after a swap from a square portrait to a
+    wide one, the wide one is not squeezed into the square one's bars."""
+    from live_puppet.app import App
+    from live_puppet.config import RunConfig
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    cv2.imwrite(str(gallery / "a.png"), astronaut)  # 512 x 512
+    cv2.imwrite(str(gallery / "b.png"), cv2.copyMakeBorder(astronaut, 0, 0, 200, 200, cv2.BORDER_REFLECT))
+    driving = write_video(tmp_path / "drive.mp4", [astronaut] * 30)
+
+    class Camera(KeysAt):
+        wants_canvas = False  # what the virtual camera gets
+        frames: dict = {}
+
+        def send(self, image, info):
+            super().send(image, info)
+            self.frames[info.index] = (info.portrait_name, image.copy())
+
+    camera = Camera({5: "2"})
+    App(RunConfig(portrait=gallery, source=str(driving), realtime=False, vcam=False, preview=False,
+                  vcam_size=(1280, 720)), extra_sinks=[camera]).run()
+    (name_a, before), (name_b, after) = camera.frames[2], camera.frames[29]
+    assert (name_a, name_b) == ("a", "b") and before.shape == after.shape == (720, 1280, 3)
+    assert before[:, :200].max() == 0  # a square picture: bars at the sides
+    assert after[:, 100:200].mean() > 30  # the wide one reaches there: its own letterbox
+
+
 def test_a_saved_calibration_is_reused_at_the_next_start(tmp_path, astronaut, landmarker_model):
     """--calibration NAME: the first run takes the neutral face and saves it; the next run starts
     animating at its first frame instead of calibrating again."""
