@@ -329,9 +329,13 @@ def test_frames_of_another_size_are_fitted_to_the_first_one_s(tmp_path):
     big[50:150, 100:200] = 255
     cv2.imwrite(str(tmp_path / "f1.png"), big)
     cv2.imwrite(str(tmp_path / "f2.png"), cv2.resize(big, (150, 100), interpolation=cv2.INTER_AREA))
+    square = np.zeros((200, 200, 3), np.uint8)  # another shape: fitted inside, not stretched
+    square[50:150, 50:150] = 255
+    cv2.imwrite(str(tmp_path / "f3.png"), square)
     frames = drain(Capture(ImageFolderSource(tmp_path), realtime=False).start())
-    assert [f.image.shape for f in frames] == [(200, 300, 3)] * 2
+    assert [f.image.shape for f in frames] == [(200, 300, 3)] * 3
     assert np.abs(frames[1].image.astype(int) - big).mean() < 3  # the same picture, not a smaller one
+    assert np.abs(frames[2].image.astype(int) - big).mean() < 3  # the square stays square, centred
 
 
 def test_sources_that_are_not_videos_say_what_they_are(tmp_path):
