@@ -226,3 +226,19 @@ def test_only_a_lid_drawn_across_a_wide_open_eye_s_iris_is_lifted(image_tracker)
     with av.open(str(need(DRIVING / "d20.mp4"))) as clip:
         relaxed = image_tracker.track(next(clip.decode(video=0)).to_ndarray(format="bgr24"))
     assert np.abs(lift_lids_off_iris(relaxed).landmarks - relaxed.landmarks).max() == 0
+
+
+
+def test_of_two_faces_the_largest_is_the_one_tracked(monkeypatch, astronaut_portrait):
+    # MediaPipe lists faces in no size order; the largest (the sitter, not a face in the
+    # background or a second person further back) is the one animated or followed.
+    from live_puppet.tracking import Tracker
+    from live_puppet.types import FaceState
+
+    big = astronaut_portrait.face
+    small = FaceState(landmarks=big.landmarks * 0.5 + np.float32([300, 0, 0]), blendshapes={},
+                      matrix=big.matrix, image_size=big.image_size)
+    tracker = Tracker.__new__(Tracker)  # (no MediaPipe needed to choose)
+    for listed in ([small, big], [big, small]):
+        monkeypatch.setattr(Tracker, "detect_all", lambda self, image, ts=None, faces=listed: faces)
+        assert tracker.track(astronaut_portrait.image) is big
