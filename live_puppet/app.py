@@ -23,8 +23,8 @@ from live_puppet.errors import UserError, say, warn
 from live_puppet.portrait import Gallery, list_portraits
 from live_puppet.render import create_engine
 from live_puppet.retarget import Retargeter, RetargetSettings
-from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, ProgressSink, RecorderSink,
-                               Sink, VirtualCameraSink)
+from live_puppet.sinks import (FrameInfo, Letterbox, PreviewSink, RecorderSink, Sink,
+                               VirtualCameraSink, create_sink)
 from live_puppet.stats import Stats
 from live_puppet.tracking import FlowStabilizer, Tracker, resolve_landmarker_model
 from live_puppet.types import Portrait
@@ -168,11 +168,11 @@ class App:
             # The rate the encoder plans for (the frames carry their own times): a file's own,
             # a camera's nominal one.
             fps = c.vcam_fps if self.source.is_live else self.source.fps
-            self.recorder = RecorderSink(c.record, c.vcam_size, fps)
+            self.recorder = create_sink("record", c.record, c.vcam_size, fps)
             self.sinks.append(self.recorder)
         if c.vcam:
             try:
-                self.vcam = VirtualCameraSink(c.vcam_size, c.vcam_fps, c.vcam_backend)
+                self.vcam = create_sink("vcam", c.vcam_size, c.vcam_fps, c.vcam_backend)
                 self.sinks.append(self.vcam)
                 print(f"Virtual camera: {self.vcam.device} ({c.vcam_size[0]}x{c.vcam_size[1]} "
                       f"@ {c.vcam_fps:g} fps)", flush=True)
@@ -182,7 +182,7 @@ class App:
                 warn(f"{err} Continuing without it.")
         if c.preview:
             try:
-                self.preview = PreviewSink(c.overlay_landmarks, c.overlay_fps)
+                self.preview = create_sink("preview", c.overlay_landmarks, c.overlay_fps)
                 self.sinks.append(self.preview)
                 print(hotkey_help(), flush=True)
             except UserError as err:
@@ -192,7 +192,7 @@ class App:
                                     f"pass --record FILE.") from None
                 warn(f"{err} Continuing without it.")
         if c.progress and self.preview is None:  # no window (not asked for, or none to open)
-            self.sinks.append(ProgressSink(self._frames_to_come()))
+            self.sinks.append(create_sink("progress", self._frames_to_come()))
 
     def _frames_to_come(self) -> int | None:
         """The source frames this run will go through, if known: the file's length, capped by

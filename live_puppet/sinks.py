@@ -90,6 +90,13 @@ def register_sink(name: str):
     return deco
 
 
+def create_sink(name: str, *args, **kwargs) -> Sink:
+    """The sink registered as `name` ("vcam", "preview", "progress", "record"), opened."""
+    if name not in SINKS:
+        raise ValueError(f"no sink named {name!r}; registered: {', '.join(sorted(SINKS))}")
+    return SINKS[name](*args, **kwargs)
+
+
 def vcam_setup_hint() -> str:
     system = platform.system()
     if system == "Linux":

@@ -88,11 +88,11 @@ def clip(tmp_path_factory):
 def test_a_headless_run_shows_how_far_through_the_file_it_is(tmp_path, monkeypatch, astronaut, landmarker_model):
     import io
 
-    import live_puppet.app as app_module
+    import live_puppet.sinks as sinks_module
     from live_puppet.sinks import ProgressSink
 
     shown = io.StringIO()
-    monkeypatch.setattr(app_module, "ProgressSink", lambda total: ProgressSink(total, file=shown))
+    monkeypatch.setitem(sinks_module.SINKS, "progress", lambda total: ProgressSink(total, file=shown))
     face = tmp_path / "face.png"
     cv2.imwrite(str(face), astronaut)
     clip = write_video(tmp_path / "talk.mp4", [astronaut] * 12)
