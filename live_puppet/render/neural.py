@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from live_puppet import sketch
-from live_puppet.errors import UserError
+from live_puppet.errors import UserError, warn
 from live_puppet.render.base import Engine, register_engine
 from live_puppet.types import Portrait, Target
 
@@ -182,7 +182,6 @@ class NeuralEngine(Engine):
         self._lock = threading.Lock()  # guards _ready, _pending, _on_screen
         self._on_screen: Portrait | None = None  # the portrait rendered last: never evicted
         self._worker = _BuildWorker("neural-build")
-        self.last_error: str | None = None  # the last background build's failure, one line
         # portraits whose build failed: not retried per frame (forgotten with the portrait)
         self._failed: weakref.WeakKeyDictionary[Portrait, str] = weakref.WeakKeyDictionary()
         # wall ms of each frame's generator call alone (no sketch drawing, no pasting)
@@ -235,12 +234,11 @@ class NeuralEngine(Engine):
     def _build_in_background(self, portrait: Portrait) -> None:
         try:
             self._build(portrait)
-        except Exception as exc:  # reported through last_error; the stream goes on
+        except Exception as exc:  # the future holds it; the stream goes on
             if self._worker.closed:
                 return  # failed after close(): nobody is listening
-            self.last_error = str(exc) if isinstance(exc, UserError) else \
+            self._failed[portrait] = str(exc) if isinstance(exc, UserError) else \
                 f"building the neural engine for '{portrait.name}' failed: {type(exc).__name__}: {exc}"
-            self._failed[portrait] = self.last_error
             raise
         finally:
             with self._lock:
@@ -294,10 +292,16 @@ class NeuralEngine(Engine):
             return portrait.image.copy()
         if active is None:
             if not closed and portrait not in self._pending and portrait not in self._failed:
-                self.prepare_async(portrait)
+                # (nobody waits for this build: its failure is said here, once)
+                self.prepare_async(portrait).add_done_callback(
+                    lambda done: self._say_failure(done, portrait))
             return portrait.image.copy()  # at rest until its engine is ready; never blocks
         face = self._generate(active, target.landmarks)
         return active.paster.paste(portrait.image, face, active.paster.mask(target.landmarks))
+
+    def _say_failure(self, done: Future, portrait: Portrait) -> None:
+        if not done.cancelled() and done.exception() is not None and portrait in self._failed:
+            warn(f"{self._failed[portrait].rstrip('.')}; '{portrait.name}' stays at rest.")
 
     def close(self) -> None:
         """Release the prepared portraits; a build in progress is not waited for, and dropped."""
