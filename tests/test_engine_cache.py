@@ -169,6 +169,8 @@ def signing_key_in(tmp_path, monkeypatch):
 
 
 def test_an_engine_that_runs_code_is_loaded_only_when_this_user_signed_it(tmp_path, signing_key_in):
+    import os
+
     # TensorRT's engine files hold pickles, unpickled on loading: a file someone else put in a
     # shared engines/ folder, with a sidecar whose size and sha256 match it, must not be loaded.
     engines = tmp_path / "engines"
@@ -176,7 +178,8 @@ def test_an_engine_that_runs_code_is_loaded_only_when_this_user_signed_it(tmp_pa
     _, cached = cache.get_or_build("k1", ".ep", write, read, signed=True)
     _, cached = cache.get_or_build("k1", ".ep", write, read, signed=True)
     assert cached and write.calls == 1  # this user's own engine is reused
-    assert signing_key_in.stat().st_mode & 0o777 == 0o600
+    if os.name == "posix":
+        assert signing_key_in.stat().st_mode & 0o777 == 0o600
 
     # another user's file, with a matching size and hash but no signature of ours
     import hashlib
@@ -191,10 +194,46 @@ def test_an_engine_that_runs_code_is_loaded_only_when_this_user_signed_it(tmp_pa
     out, cached = cache.get_or_build("k1", ".ep", write, lambda p: loaded.append(p.read_bytes()) or p,
                                      on_rebuild=said.append, signed=True)
     assert not cached and write.calls == 2 and evil not in loaded
-    assert len(said) == 1 and "not built by your live-puppet" in said[0]
+    assert len(said) == 1 and "no valid signature of yours" in said[0]
     # an engine that runs no code (ONNX) needs no signature
     plain = EngineCache(tmp_path / "plain")
     plain.get_or_build("k2", ".onnx", Counter(), read)
     assert "signature" not in json.loads((tmp_path / "plain" / "k2.json").read_text())
     _, cached = plain.get_or_build("k2", ".onnx", Counter(), read)
     assert cached
+
+
+def test_a_signed_engine_swapped_after_its_check_is_not_loaded(tmp_path, signing_key_in, monkeypatch):
+    # Someone who can write a shared engines/ folder replaces the file between its check and its
+    # loading: what is loaded is a private copy whose own bytes were checked.
+    cache, write = EngineCache(tmp_path / "engines"), Counter()
+    cache.get_or_build("k1", ".ep", write, read, signed=True)
+    evil = b"pickled code" * 100
+    lookup = EngineCache.lookup
+
+    def swap_after_check(self, key, suffix, **kw):
+        path = lookup(self, key, suffix, **kw)
+        if path is not None:
+            path.write_bytes(evil)
+        return path
+
+    monkeypatch.setattr(EngineCache, "lookup", swap_after_check)
+    loaded = []
+    _, cached = cache.get_or_build("k1", ".ep", write, lambda p: loaded.append(p.read_bytes()) or p,
+                                   signed=True)
+    assert evil not in loaded and not cached and write.calls == 2
+
+
+def test_a_damaged_signing_key_is_replaced_and_each_key_has_its_own_engines(tmp_path, signing_key_in):
+    from live_puppet.backends import cache
+    from live_puppet.backends.tensorrt_backend import TensorRTBackend
+
+    assert TensorRTBackend.loads_code  # its engines are signed (torch.export archives hold pickles)
+    signing_key_in.parent.mkdir(parents=True)
+    signing_key_in.write_bytes(b"")  # a crash between making the file and writing it
+    first = cache.signer()
+    assert len(signing_key_in.read_bytes()) == cache.KEY_BYTES
+    cache._SIGNING_KEY.clear()
+    assert cache.signer() == first  # the next run reads the same key
+    cache._SIGNING_KEY[:] = [b"another user's key".ljust(32, b".")]
+    assert cache.signer() != first  # another user: other cache keys for their engines

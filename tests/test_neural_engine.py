@@ -410,3 +410,32 @@ def test_a_build_started_by_rendering_that_fails_is_said_once(checkpoint, portra
         engine.close()
     err += capsys.readouterr().err
     assert len(calls) == 1 and err.count("stays at rest") == 1 and "out of GPU memory" in err
+
+
+def test_an_engine_that_runs_code_when_loaded_is_signed_and_kept_per_user(checkpoint, portrait, tmp_path,
+                                                                           monkeypatch):
+    # (TensorRT cannot run here: an ONNX backend that declares its files run code stands in)
+    import json
+
+    from live_puppet.backends import BACKENDS, backend_class, cache
+    from live_puppet.backends.builder import PortraitEngineBuilder, PortraitInputs
+
+    class CodeLoading(backend_class("onnxruntime")):
+        loads_code = True
+
+    monkeypatch.setitem(BACKENDS, "code-loading", CodeLoading)
+    monkeypatch.setattr(cache, "signing_key_path", lambda: tmp_path / "user-data" / "key")
+    monkeypatch.setattr(cache, "_SIGNING_KEY", [])
+    engine = make(checkpoint, tmp_path / "engines", backend="code-loading")
+    try:
+        engine.prepare(portrait)
+        key = engine.prepared(portrait).key
+    finally:
+        engine.close()
+    assert "signature" in json.loads((tmp_path / "engines" / f"{key}.json").read_text())
+    builder = PortraitEngineBuilder(checkpoint, backend="code-loading", engine_dir=tmp_path / "engines",
+                                    announce=None, progress=False)
+    inputs = PortraitInputs.from_portrait(portrait, builder.size)
+    assert builder.cache_key(inputs) == key
+    monkeypatch.setattr(cache, "_SIGNING_KEY", [b"another user's key".ljust(32, b".")])
+    assert builder.cache_key(inputs) != key  # another user: their own engine, not a rebuild of this one

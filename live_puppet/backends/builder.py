@@ -28,7 +28,7 @@ import numpy as np
 
 from live_puppet import sketch
 from live_puppet.backends import Runner, create_backend, resolve_backend
-from live_puppet.backends.cache import EngineCache, content_hash, make_key
+from live_puppet.backends.cache import EngineCache, content_hash, make_key, signer
 from live_puppet.config import default_engine_dir
 from live_puppet.errors import UserError
 from live_puppet.types import Portrait
@@ -145,7 +145,10 @@ class PortraitEngineBuilder:
     # --- keys --------------------------------------------------------------------------------------
     def cache_key(self, inputs: PortraitInputs) -> str:
         backend = self.backend
+        # (engines that run code when loaded are signed per user: each user's under their own key)
+        mine = {"signer": signer()} if backend.loads_code else {}
         return make_key({
+            **mine,
             "checkpoint_sha256": content_hash(self.checkpoint_path),
             "portrait_embedding_input": inputs.digest(),
             "resolution": self.size,

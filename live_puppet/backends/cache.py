@@ -26,12 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from live_puppet.errors import usual_permissions, writable_folder
+from live_puppet.errors import UserError, usual_permissions, warn, writable_folder
 
 T = TypeVar("T")
 
+class EngineChanged(UserError):
+    """A signed engine file whose bytes no longer match its signature when loaded."""
+
+
 SIDECAR_SUFFIX = ".json"
 SIGNING_KEY_FILE = "engine-signing.key"  # in platformdirs' user data folder for live-puppet
+KEY_BYTES = 32
 UNSIGNED = "not signed by you"  # validate's answer for a file that may not be loaded
 CACHE_FORMAT = 1  # bump when what an engine file holds changes meaning
 _CHUNK = 1 << 20
@@ -69,33 +74,60 @@ def signing_key_path() -> Path:
 
 
 def signing_key() -> bytes:
-    """This user's secret for signing engine files: made on first use, readable by the user only.
-    Where it cannot be kept (an unwritable home), a secret for this process only: its engines are
-    then rebuilt by the next run."""
+    """This user's secret for signing engine files: made on first use (written whole to a private
+    temporary file, then linked into place, so two starts at once agree and a crash leaves no
+    empty key), readable by the user only. Where it cannot be kept, a secret for this process
+    only, said once: engines it signs are rebuilt by the next run."""
     if not _SIGNING_KEY:
         import secrets
 
         path = signing_key_path()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(secrets.token_bytes(32))
-            except FileExistsError:
-                pass
-            key = path.read_bytes()
-            if len(key) < 16:
-                raise OSError("too short")
-        except OSError:
-            key = secrets.token_bytes(32)
+            exists = path.is_file()
+            key = path.read_bytes() if exists else b""
+            if len(key) < KEY_BYTES:  # none yet, or a damaged one (cut short by a crash)
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".engine-signing.")  # 0600
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(secrets.token_bytes(KEY_BYTES))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    if exists:
+                        os.replace(tmp, path)
+                    else:
+                        try:
+                            os.link(tmp, path)  # (another start may have made it first: theirs)
+                        except FileExistsError:
+                            pass
+                finally:
+                    Path(tmp).unlink(missing_ok=True)
+                key = path.read_bytes()
+                if len(key) < KEY_BYTES:
+                    raise OSError("the key file is damaged")
+        except OSError as exc:
+            warn(f"could not keep the engine signing key at {path} ({getattr(exc, 'strerror', None) or exc}); "
+                 f"TensorRT engines built by this run are built again by the next one.")
+            key = secrets.token_bytes(KEY_BYTES)
         _SIGNING_KEY.append(key)
     return _SIGNING_KEY[0]
+
+
+def signer() -> str:
+    """A public name for this user's key: part of a signed engine's cache key, so that users
+    sharing an engines/ folder each keep their own engines instead of rebuilding each other's."""
+    return hashlib.sha256(b"live-puppet signer:" + signing_key()).hexdigest()[:16]
 
 
 def signature(key: str, digest: str) -> str:
     """The HMAC that says this user's live-puppet wrote the engine `key` with hash `digest`."""
     return hmac.new(signing_key(), f"{key}:{digest}".encode(), hashlib.sha256).hexdigest()
+
+
+def _signed_by_me(meta: dict, key: str, digest: str) -> bool:
+    given = meta.get("signature")
+    return isinstance(given, str) and hmac.compare_digest(given.encode("utf-8", "replace"),
+                                                          signature(key, digest).encode())
 
 
 def make_key(fields: dict[str, Any]) -> str:
@@ -152,8 +184,7 @@ class EngineCache:
             return f"size {actual} bytes, expected {size}"
         if file_sha256(entry.path) != digest:
             return "content hash mismatch"
-        if signed and not hmac.compare_digest(str(meta.get("signature", "")),
-                                              signature(entry.key, digest)):
+        if signed and not _signed_by_me(meta, entry.key, digest):
             return UNSIGNED
         return None
 
@@ -171,8 +202,9 @@ class EngineCache:
             return entry.path
         if problem != "missing" or entry.sidecar.exists():
             if on_damage and problem == UNSIGNED:
-                on_damage(f"cached engine {entry.path.name} was not built by your live-puppet (no "
-                          f"valid signature), and loading one runs code stored in it; rebuilding")
+                on_damage(f"cached engine {entry.path.name} carries no valid signature of yours (an "
+                          f"older live-puppet's, or changed since), and loading one runs code stored "
+                          f"in it; rebuilding")
             elif on_damage:
                 on_damage(f"cached engine {entry.path.name} is damaged ({problem}); rebuilding")
             self.invalidate(key, suffix)
@@ -222,14 +254,36 @@ class EngineCache:
         path = self.lookup(key, suffix, on_damage=on_rebuild, signed=signed)
         if path is not None:
             try:
-                return load(path), True
+                return self._load(self.entry(key, suffix), load, signed), True
             except Exception as exc:  # a valid-looking file the runtime refuses: rebuild it
                 if on_rebuild:
                     on_rebuild(f"cached engine {path.name} could not be loaded "
                                f"({type(exc).__name__}); rebuilding")
                 self.invalidate(key, suffix)
-        path = self.build(key, suffix, write, meta, signed=signed)
-        return load(path), False
+        self.build(key, suffix, write, meta, signed=signed)
+        return self._load(self.entry(key, suffix), load, signed), False
+
+    @staticmethod
+    def _load(entry: CacheEntry, load: Callable[[Path], T], signed: bool) -> T:
+        """`load` the engine; a signed one from a private copy whose own bytes were checked
+        against the signature (the file in a shared folder could be swapped between a check of
+        it and its loading)."""
+        if not signed:
+            return load(entry.path)
+        with tempfile.TemporaryDirectory(prefix="live-puppet-engine-") as private:  # 0700
+            copy = Path(private) / entry.path.name
+            h, size = hashlib.sha256(), 0
+            with open(entry.path, "rb") as src, open(copy, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+                    dst.write(chunk)
+            meta = json.loads(entry.sidecar.read_text())
+            if size != meta.get("size") or h.hexdigest() != meta.get("sha256") or \
+                    not _signed_by_me(meta, entry.key, h.hexdigest()):
+                raise EngineChanged(f"The compiled engine '{entry.path}' changed while it was being "
+                                    f"loaded; use an --engine-dir only you can write.")
+            return load(copy)
 
     def entries(self) -> list[Path]:
         """The sidecars of every engine, most recently used first."""
