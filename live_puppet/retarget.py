@@ -356,7 +356,9 @@ class Retargeter:
         scale = float(np.clip(scale, 1 - s.max_scale_change, 1 + s.max_scale_change))
         move = move * size_ratio
         limit = max(s.max_translation * 2.5 * self._p_size, 1e-6)
-        move[:2] = limit * np.tanh(move[:2] / limit)
+        reach = float(np.linalg.norm(move[:2]))  # (in any direction alike: a circle, not a square)
+        if reach > 0.0:
+            move[:2] *= limit * math.tanh(reach / limit) / reach
         move[2] = 0.0
 
         center = self._p_center

@@ -127,6 +127,8 @@ def test_feature_gains_scale_one_feature_and_fade_out_around_it(astronaut_portra
 
 
 def test_expression_gain_scales_the_expression_and_the_limits_hold_the_head(astronaut_portrait):
+    from live_puppet.calibration import rigid_frame
+
     neutral = astronaut_portrait.face.landmarks.astype(np.float64) * 0.8 + [40, 10, 0]
     p = astronaut_portrait.face.landmarks
     opened = neutral.copy()
@@ -151,6 +153,12 @@ def test_expression_gain_scales_the_expression_and_the_limits_hold_the_head(astr
     assert 0.6 * limit < target.translation[0] <= 1.1 * limit
     target = rt(face_from(neutral + [0.03 * width, 0, 0]), astronaut_portrait, 4.0)
     assert target.translation[0] == pytest.approx(0.03 * np.ptp(p[:, 0]), rel=0.1)
+    # softly: a move as long as the limit gives tanh(1) of it, in any direction alike
+    reach = rt.settings.max_translation * 2.5 * rigid_frame(p)[1]  # (the limit, in portrait px)
+    for direction in ([1.0, 0.0], [0.6, 0.8]):
+        shift = np.array([*direction, 0.0]) * reach * width / np.ptp(p[:, 0])
+        target = rt(face_from(neutral + shift), astronaut_portrait, 5.0)
+        assert np.linalg.norm(target.translation[:2]) == pytest.approx(np.tanh(1.0) * reach, rel=0.05)
 
 
 def test_lips_pressed_after_a_neutral_with_parted_lips_close_and_do_not_cross(astronaut_portrait):
