@@ -153,23 +153,28 @@ def feature_gains(landmarks: np.ndarray, settings: RetargetSettings) -> np.ndarr
     return gains
 
 
-# Inner-lip points facing each other across the mouth: the upper line's and the lower line's.
+# Inner-lip points facing each other across the mouth: the upper line's and the lower line's; and
+# the outer-lip points in front of each (the lips' outer edges, above and below).
 _LIP_PAIRS = np.stack([fm.UPPER_INNER_LINE[1:10], fm.INNER_LIPS[11:][::-1]], 1)
+_OUTER_PAIRS = np.stack([fm.OUTER_LIPS[1:10], fm.OUTER_LIPS[11:][::-1]], 1)
 
 
 def keep_lips_uncrossed(landmarks: np.ndarray, rest: np.ndarray) -> None:
-    """Where an upper inner-lip point has gone below its partner on the lower lip, both meet
-    halfway instead (in place). Lip motion is carried as offsets from the driver's neutral: taken
-    with the lips apart (d3.mp4 starts mid-sentence), a driver pressing them shut pushed the
-    portrait's lips through each other, which drew an opening with teeth in a closed mouth."""
+    """Where an upper inner-lip point has gone below its partner on the lower lip, the two lips
+    are moved apart until they meet, each with its outer edge (in place). Lip motion is carried as
+    offsets from the driver's neutral: taken with the lips apart (d3.mp4 starts mid-sentence), a
+    driver pressing them shut pushed the portrait's lips through each other, which drew an opening
+    with teeth in a closed mouth. (Meeting halfway with the outer edges left where they were
+    turned a lip inside out at a high --expression-gain.)"""
     down = rest[152, :2] - rest[fm.UPPER_INNER_LIP, :2]
     down = down / (np.linalg.norm(down) + 1e-9)
-    upper, lower = _LIP_PAIRS[:, 0], _LIP_PAIRS[:, 1]
-    crossed = (landmarks[lower, :2] - landmarks[upper, :2]) @ down < 0
+    gap = (landmarks[_LIP_PAIRS[:, 1], :2] - landmarks[_LIP_PAIRS[:, 0], :2]) @ down
+    crossed = gap < 0
     if crossed.any():
-        meet = (landmarks[upper[crossed]] + landmarks[lower[crossed]]) / 2
-        landmarks[upper[crossed]] = meet
-        landmarks[lower[crossed]] = meet
+        half = (gap[crossed] / 2)[:, None] * down  # (gap < 0: up the face)
+        for lip, sign in ((0, 1.0), (1, -1.0)):  # the upper lip up, the lower one down
+            for pairs in (_LIP_PAIRS, _OUTER_PAIRS):
+                landmarks[pairs[crossed, lip], :2] += sign * half
 
 
 def set_eye_opening(landmarks: np.ndarray, rest: np.ndarray, eye: str, fraction: float) -> None:

@@ -174,7 +174,7 @@ def test_lips_pressed_after_a_neutral_with_parted_lips_close_and_do_not_cross(as
     drive(rt, astronaut_portrait, [face_from(neutral)] * 3)
     target = rt(face_from(pressed), astronaut_portrait, 1.0).landmarks
     gaps = target[lower, 1] - target[upper, 1]
-    assert gaps.min() >= -1e-3  # (crossed by 5 px before: an opening drawn in a closed mouth)
+    assert gaps.min() >= -0.1  # (crossed by 5 px before: an opening drawn in a closed mouth)
 
 
 def test_a_still_face_with_tracking_noise_gives_a_stiller_portrait(astronaut_portrait):
