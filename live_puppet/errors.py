@@ -111,14 +111,15 @@ def folder_made_for(path, what: str, flag: str):
     fails before writing anything to it (a mistyped input leaves no empty folder behind)."""
     from pathlib import Path
 
-    made = not Path(path).expanduser().exists()
+    wanted = Path(path).expanduser()
+    made = [p for p in (wanted, *wanted.parents) if not p.exists()]  # what mkdir will make
     folder = writable_folder(path, what, flag)
     try:
         yield folder
     except BaseException:
-        if made:
-            with contextlib.suppress(OSError):
-                folder.rmdir()  # (only when empty)
+        with contextlib.suppress(OSError):
+            for p in made:  # innermost first; each only when empty
+                p.rmdir()
         raise
 
 

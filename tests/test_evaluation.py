@@ -343,11 +343,11 @@ def test_bad_eval_and_bench_arguments_get_one_line_and_exit_code_2(argv, message
 
 def test_an_eval_refused_before_its_first_pair_leaves_no_empty_out_folder(tmp_path, capsys):
     (tmp_path / "not_a_picture.jpg").write_text("not an image")
-    sheets = tmp_path / "sheets"
+    sheets = tmp_path / "runs" / "a" / "sheets"
     assert main(["eval", "--portrait", str(tmp_path / "not_a_picture.jpg"), "--driving",
                  str(need(DRIVING / "d0.mp4")), "--frames", "2", "--out", str(sheets)]) == 2
     assert "not an image" in capsys.readouterr().err
-    assert not sheets.exists()
+    assert not (tmp_path / "runs").exists()  # nor the folders made on the way to it
 
 
 @pytest.mark.parametrize("extra, message", [
