@@ -84,7 +84,7 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="run folder (checkpoint, losses, samples)")
     t.add_argument("--config", choices=("small", "paper"), default="small",
                    help="model size: small (128 px, CPU-trainable; the default) or paper (256 px, "
-                        "for a GPU: about 2 minutes a step on a 2-core CPU)")
+                        "for a GPU: 20 s to 2 minutes a step on a 2-core CPU)")
     t.add_argument("--steps", type=_positive, default=1000,
                    help="total steps to reach (default 1000; a resumed run continues up to it)")
     t.add_argument("--batch", type=_positive, default=2, help="episodes per step (default 2)")
