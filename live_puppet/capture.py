@@ -61,9 +61,10 @@ def upright(frame) -> np.ndarray:
     return image
 
 
-def natural_order(path: Path) -> list:
-    """Sort key: numbers by value, so frame2.png comes before frame10.png."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+def natural_order(path: Path) -> tuple:
+    """Sort key: numbers by value, so frame2.png comes before frame10.png; case aside, then by the
+    name itself (B.jpg and b.jpg, 1.jpg and 01.jpg keep one order whatever the file system)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)], path.name
 
 
 class Source:

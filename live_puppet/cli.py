@@ -266,6 +266,10 @@ def cmd_run(args) -> int:
     if not (config.vcam or config.preview or config.record or config.stats_json):
         warn("with --no-vcam, --no-preview and no --record, the frames go nowhere; add --record "
              "FILE to keep them.")
+    if not config.source.strip().isdigit() and \
+            (tuple(config.camera_size), config.camera_fps) != ((640, 480), 30.0):
+        warn("--camera-size and --camera-fps are for a webcam; a file or a folder plays at its own "
+             "size and rate.")
     if config.checkpoint is not None and config.engine != "neural":
         warn(f"--checkpoint is for the neural engine; the {config.engine} engine runs without it "
              f"(add --engine neural to use it).")

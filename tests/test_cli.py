@@ -628,6 +628,10 @@ def test_a_one_frame_run_with_an_unused_checkpoint(tmp_path, astronaut, landmark
     captured = capsys.readouterr()
     assert "--checkpoint is for the neural engine" in captured.err  # not silently ignored
     assert "the frames go nowhere; add --record FILE" in captured.err  # no camera, window or file
+    assert "--camera-size" not in captured.err
+    assert main(["run", "--portrait", str(face), "--source", str(clip), "--no-preview", "--no-vcam",
+                 "--no-realtime", "--max-frames", "1", "--camera-fps", "60"]) == 0
+    assert "--camera-size and --camera-fps are for a webcam" in capsys.readouterr().err
     done = [line for line in captured.out.splitlines() if line.startswith("Done:")]
     assert done and done[0].startswith("Done: 1 frame out of") and "fps" not in done[0]
 

@@ -126,9 +126,10 @@ def test_gallery_numbers_follow_natural_order(tmp_path):
     # the hotkeys 1-9 follow this order: "10" after "2", capitals among the rest
     from live_puppet.portrait import list_portraits
 
-    for name in ("10.jpg", "2.jpg", "1.jpg", "Zoe.jpg", "anna.jpg"):
+    for name in ("10.jpg", "2.jpg", "1.jpg", "Zoe.jpg", "anna.jpg", "zoe.jpg", "01.jpg"):
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in list_portraits(tmp_path)] == ["1.jpg", "2.jpg", "10.jpg", "anna.jpg", "Zoe.jpg"]
+    assert [p.name for p in list_portraits(tmp_path)] == ["01.jpg", "1.jpg", "2.jpg", "10.jpg", "anna.jpg",
+                                                          "Zoe.jpg", "zoe.jpg"]
 
 
 def test_a_gallery_remembers_a_picture_without_a_face(tmp_path, image_tracker, astronaut):
