@@ -11,7 +11,8 @@ The sha256 finds damage, not tampering. A backend whose engine files can run cod
 (torch-tensorrt's hold pickles) only loads files this user's live-puppet signed: the sidecar
 carries an HMAC of the file's hash under a secret kept in the user's data folder, readable by the
 user only (as Jupyter signs the notebooks it trusts). Whoever can write a shared engines/ folder
-cannot forge it.
+cannot forge it, and what is loaded is a private copy whose own bytes were checked. The signer is
+part of such an engine's key: users sharing a folder each keep their own engines.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Callable, TypeVar
 from live_puppet.errors import UserError, usual_permissions, warn, writable_folder
 
 T = TypeVar("T")
+
 
 class EngineChanged(UserError):
     """A signed engine file whose bytes no longer match its signature when loaded."""
@@ -106,8 +108,9 @@ def signing_key() -> bytes:
                 if len(key) < KEY_BYTES:
                     raise OSError("the key file is damaged")
         except OSError as exc:
-            warn(f"could not keep the engine signing key at {path} ({getattr(exc, 'strerror', None) or exc}); "
-                 f"TensorRT engines built by this run are built again by the next one.")
+            why = getattr(exc, "strerror", None) or exc
+            warn(f"could not keep the engine signing key at {path} ({why}); TensorRT engines built "
+                 f"by this run are built again by the next one.")
             key = secrets.token_bytes(KEY_BYTES)
         _SIGNING_KEY.append(key)
     return _SIGNING_KEY[0]
