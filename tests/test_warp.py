@@ -481,3 +481,31 @@ def test_a_head_filling_the_picture_turns_without_streaks_at_its_edge(astronaut_
     row_to_row = np.abs(np.diff(band.mean(axis=1))).mean()
     grain = np.abs(np.diff(inside.mean(axis=1))).mean()  # the picture's own, just inside the edge
     assert row_to_row < 0.6 * grain  # a smooth carrying-on of the edge: 1.18 x with streaks, 1.0 x mirrored
+
+
+def test_in_a_turn_the_cheeks_follow_the_smooth_map_not_the_large_exact_triangles(astronaut_portrait,
+                                                                                 monkeypatch):
+    # The exact map is for lids and lips; its triangles reaching out to the cheeks are large and
+    # shear in a turn, and their edge drew a rectangular step in Mona Lisa's cheek (d3.mp4).
+    from scipy.spatial.transform import Rotation
+
+    import live_puppet.render.warp as warp
+
+    p = astronaut_portrait
+    engine = create_engine("warp")
+    engine.prepare(p)
+    mesh = p.extras["warp"]
+    turn = Rotation.from_euler("y", 20, degrees=True).as_matrix()
+    head = target_for(p, p.face.landmarks, rotation=turn)
+    moved = head.move_rigid(p.face.landmarks)
+    moved[fm.LOWER_INNER_LIP, 1] += 6  # and some expression: the maps part around the mouth
+    target = target_for(p, moved, rotation=turn)
+    with_exact = engine.displacement(mesh, target)
+    monkeypatch.setattr(warp, "_exact_face_map", lambda *args: None)
+    coarse_only = engine.displacement(mesh, target)
+    x0, y0 = mesh.roi[:2]
+    changed = np.linalg.norm(with_exact - coarse_only, axis=-1)
+    cheeks = moved[[50, 280, 123, 352, 234, 454], :2].round().astype(int) - (x0, y0)
+    assert changed[cheeks[:, 1], cheeks[:, 0]].max() < 0.01
+    lips = moved[[fm.UPPER_INNER_LIP, fm.LOWER_INNER_LIP], :2].mean(0).round().astype(int) - (x0, y0)
+    assert changed[lips[1] - 3:lips[1] + 4, lips[0] - 3:lips[0] + 4].max() > 0.5  # still exact there

@@ -61,6 +61,7 @@ class _WarpMesh:
     rims: np.ndarray  # per triangle: 1, 2 or 3 if it touches the right eye's, left eye's or the
     # mouth's opening (a shut lid or closed lips rightly jump across it), else 0
     source_det: np.ndarray  # per triangle: twice its signed area on the portrait
+    on_strip: np.ndarray  # per triangle: whether it has a corner on the strips (see _strips)
     exact_source: np.ndarray  # E x 2 the exact map's points on the portrait: the 478 landmarks, then
     # the synthetic points of the strips (upper lids to brows, lower lip to jaw line)
     strip: tuple  # (weights, offsets): the synthetic points are offsets + weights @ landmarks
@@ -288,6 +289,9 @@ _EXACT_POINTS = np.unique(np.concatenate([fm.FACE_OVAL, fm.RIGHT_EYE, fm.LEFT_EY
                                           _CHEEKS_FOREHEAD]))
 FEATHER_PX = 4.0  # width of the blend from the exact face map into the coarse map at its edge
 EXACT_TAKEOVER_PX = 3.0  # difference between the maps (px) from which the exact one is used alone
+EXACT_REACH = 0.6  # the exact map counts within this many eye widths of the eyes' and lips' outlines,
+EXACT_STRIP_REACH = 1.3  # ... within this many on the strips (lids to brows, lower lip to jaw line),
+EXACT_FADE = 0.3  # ... and fades out over this many more (see _near_features)
 CLOSING_AREA = 0.85  # an eye counts as closing below this share of the portrait's own eye area
 
 
@@ -324,7 +328,7 @@ def _face_triangles(xy: np.ndarray, irises: list) -> dict:
         rims[np.isin(triangles, loop).any(1)] = label
     return {"triangles": triangles, "n_openings": int(opening.sum()), "rims": rims,
             "source_det": _signed_det(xy[triangles, :2]), "exact_source": xy.astype(np.float32),
-            "strip": strip, "bands": _lid_bands(xy)}
+            "strip": strip, "bands": _lid_bands(xy), "on_strip": (triangles >= n).any(1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -526,7 +530,25 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     # noise that the exact map would show. Where they part (a lid closing, a lip line) the exact
     # one takes over.
     w = (np.clip(feather, 0, 1) * np.clip(np.linalg.norm(exact - coarse, axis=-1) / EXACT_TAKEOVER_PX, 0, 1))[:, None]
+    w = w * _near_features(mesh, dst, own, xs + bx0, ys + by0, (bx0, by0, bx1, by1))[:, None]
     disp[iy, ix] = w * exact + (1 - w) * coarse
+
+
+def _near_features(mesh: _WarpMesh, dst: np.ndarray, own: np.ndarray, gx: np.ndarray, gy: np.ndarray,
+                   box: tuple[int, int, int, int]) -> np.ndarray:
+    """How much the exact map may count at pixels (gx, gy): fully within EXACT_REACH eye widths of
+    an eye's or the lips' outline (EXACT_STRIP_REACH on the strips above the lids and under the
+    lip), fading out over EXACT_FADE. Its triangles reaching out to the cheeks are large; in a
+    big turn they shear, and their edge left a rectangular step in the cheek (Mona Lisa through
+    d3.mp4's 20 degree turn, frames 256-272), where the dense coarse map bends smoothly."""
+    bx0, by0, bx1, by1 = box
+    loops = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
+    for loop in (fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS, fm.OUTER_LIPS):
+        cv2.fillPoly(loops, [np.round(dst[loop] - (bx0, by0)).astype(np.int32)], 1)
+    eye_width = (np.linalg.norm(dst[33] - dst[133]) + np.linalg.norm(dst[263] - dst[362])) / 2
+    away = cv2.distanceTransform(1 - loops, cv2.DIST_L2, 3)[gy - by0, gx - bx0] / max(eye_width, 1.0)
+    reach = np.where(mesh.on_strip[own], EXACT_STRIP_REACH, EXACT_REACH)
+    return np.clip((reach - away) / EXACT_FADE, 0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
