@@ -343,7 +343,7 @@ class ImageFolderSource(Source):
                         warn(f"skipped '{path.name}' in the source folder: it is not a readable picture.")
             if len(unreadable) == len(self.paths):  # (with --loop it went round and round)
                 raise UserError(f"None of the {len(self.paths)} pictures in '{self.folder}' can be "
-                                f"read; put readable JPEG or PNG frames there.")
+                                f"read; put readable JPEG, PNG, WebP, BMP or TIFF frames there.")
             if len(unreadable) > 3 and not told:
                 warn(f"{len(unreadable)} pictures in the source folder could not be read and were skipped.")
             told = True

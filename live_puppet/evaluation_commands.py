@@ -241,7 +241,7 @@ def bench_handler(args: argparse.Namespace) -> int:
         raise UserError(f"'{args.portrait}' is a folder; bench takes one portrait: pass a JPEG or "
                         f"PNG file.")
     if not args.portrait.is_file():
-        raise UserError(f"The portrait '{args.portrait}' does not exist; pass a JPEG or PNG file.")
+        raise UserError(f"The portrait '{args.portrait}' does not exist; pass a picture (JPEG, PNG, WebP, BMP, TIFF or GIF).")
     if args.json:
         writable_file(args.json, "the stats", "--json", [args.driving, args.portrait,
                       args.checkpoint, args.landmarker_model])

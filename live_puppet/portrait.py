@@ -44,8 +44,8 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"The portrait '{path}' does not exist; pass the path of a JPEG or PNG file "
-                        f"or of a folder of them.")
+        raise UserError(f"The portrait '{path}' does not exist; pass the path of a picture "
+                        f"(JPEG, PNG, WebP, BMP, TIFF or GIF) or of a folder of them.")
     with _PILLOW_LIMIT:  # Pillow's own size check (a global) is replaced by MAX_PIXELS meanwhile
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
@@ -63,8 +63,8 @@ def _decode(path: Path, least_side: int | None) -> np.ndarray:
     try:
         im = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError):
-        raise UserError(f"'{path}' is not an image that can be read; pass a JPEG or PNG "
-                        f"portrait.") from None
+        raise UserError(f"'{path}' is not an image that can be read; pass a JPEG, PNG, WebP, BMP, "
+                        f"TIFF or GIF portrait.") from None
     with im:
         width, height = im.size
         if width * height > MAX_PIXELS:
@@ -258,12 +258,12 @@ def list_portraits(path: Path) -> list[Path]:
                         if p.suffix.lower() in PORTRAIT_SUFFIXES and not p.name.startswith(".")),
                        key=natural_order)
         if not files:
-            raise UserError(f"The folder '{path}' holds no JPEG or PNG portraits; add some or pass "
+            raise UserError(f"The folder '{path}' holds no portraits (JPEG, PNG, WebP, BMP, TIFF or GIF); add some or pass "
                             f"a single image to --portrait.")
         return files
     if not path.exists():
-        raise UserError(f"The portrait '{path}' does not exist; pass the path of a JPEG or PNG file "
-                        f"or of a folder of them.")
+        raise UserError(f"The portrait '{path}' does not exist; pass the path of a picture "
+                        f"(JPEG, PNG, WebP, BMP, TIFF or GIF) or of a folder of them.")
     return [path]
 
 

@@ -50,8 +50,8 @@ def load_shots(paths: list[Path], size: int, landmarker: str | None = None) -> F
         for path in paths:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
-                raise UserError(f"'{path}' could not be read as an image; pass a JPEG or PNG "
-                                f"picture of a face.")
+                raise UserError(f"'{path}' could not be read as an image; pass a picture of a face "
+                                f"(JPEG, PNG, WebP, BMP, TIFF or GIF).")
             face = tracker.track(bgr)
             if face is None:
                 raise UserError(f"No face was found in '{path}'; use a picture where the face is "
