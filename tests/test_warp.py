@@ -509,3 +509,32 @@ def test_in_a_turn_the_cheeks_follow_the_smooth_map_not_the_large_exact_triangle
     assert changed[cheeks[:, 1], cheeks[:, 0]].max() < 0.01
     lips = moved[[fm.UPPER_INNER_LIP, fm.LOWER_INNER_LIP], :2].mean(0).round().astype(int) - (x0, y0)
     assert changed[lips[1] - 3:lips[1] + 4, lips[0] - 3:lips[0] + 4].max() > 0.5  # still exact there
+
+
+def test_the_exact_map_fades_out_without_a_step(astronaut_portrait, monkeypatch):
+    # Where a strip's triangle met another, the exact map's share jumped from all to nothing and
+    # drew a crease (Woman in Black's cheek through d6.mp4; found in review).
+    from scipy.spatial.transform import Rotation
+
+    import live_puppet.render.warp as warp
+
+    p = astronaut_portrait
+    engine = create_engine("warp")
+    engine.prepare(p)
+    seen = {}
+    near = warp._near_features
+
+    def spy(mesh, dst, gx, gy, box):
+        seen.update(weight=near(mesh, dst, gx, gy, box), gx=gx, gy=gy, box=box)
+        return seen["weight"]
+
+    monkeypatch.setattr(warp, "_near_features", spy)
+    turn = Rotation.from_euler("y", 20, degrees=True).as_matrix()
+    moved = target_for(p, p.face.landmarks, rotation=turn).move_rigid(p.face.landmarks).copy()
+    moved[fm.LOWER_INNER_LINE, 1] += 12
+    engine.displacement(p.extras["warp"], target_for(p, moved, rotation=turn))
+    bx0, by0, bx1, by1 = seen["box"]
+    weight = np.full((by1 - by0, bx1 - bx0), np.nan)
+    weight[seen["gy"] - by0, seen["gx"] - bx0] = seen["weight"]
+    step = max(np.nanmax(np.abs(np.diff(weight, axis=1))), np.nanmax(np.abs(np.diff(weight, axis=0))))
+    assert step < 0.5  # a ramp over a few pixels (it was 1.0 across triangle edges)

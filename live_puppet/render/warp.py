@@ -530,25 +530,34 @@ def _exact_face_map(disp: np.ndarray, mesh: _WarpMesh, dst: np.ndarray) -> None:
     # noise that the exact map would show. Where they part (a lid closing, a lip line) the exact
     # one takes over.
     w = (np.clip(feather, 0, 1) * np.clip(np.linalg.norm(exact - coarse, axis=-1) / EXACT_TAKEOVER_PX, 0, 1))[:, None]
-    w = w * _near_features(mesh, dst, own, xs + bx0, ys + by0, (bx0, by0, bx1, by1))[:, None]
+    w = w * _near_features(mesh, dst, xs + bx0, ys + by0, (bx0, by0, bx1, by1))[:, None]
     disp[iy, ix] = w * exact + (1 - w) * coarse
 
 
-def _near_features(mesh: _WarpMesh, dst: np.ndarray, own: np.ndarray, gx: np.ndarray, gy: np.ndarray,
+def _near_features(mesh: _WarpMesh, dst: np.ndarray, gx: np.ndarray, gy: np.ndarray,
                    box: tuple[int, int, int, int]) -> np.ndarray:
     """How much the exact map may count at pixels (gx, gy): fully within EXACT_REACH eye widths of
-    an eye's or the lips' outline (EXACT_STRIP_REACH on the strips above the lids and under the
-    lip), fading out over EXACT_FADE. Its triangles reaching out to the cheeks are large; in a
-    big turn they shear, and their edge left a rectangular step in the cheek (Mona Lisa through
-    d3.mp4's 20 degree turn, frames 256-272), where the dense coarse map bends smoothly."""
+    an eye's or the lips' outline, and within EXACT_STRIP_REACH on the strips above the lids and
+    under the lip, fading out over EXACT_FADE (also from the strips' edges, so that the weight
+    never jumps where a strip's triangle meets another). Its triangles reaching out to the cheeks
+    are large; in a big turn they shear, and their edge left a rectangular step in the cheek (Mona
+    Lisa through d3.mp4's 20 degree turn, frames 256-272), where the dense coarse map bends
+    smoothly."""
     bx0, by0, bx1, by1 = box
     loops = np.zeros((by1 - by0, bx1 - bx0), np.uint8)
     for loop in (fm.RIGHT_EYE, fm.LEFT_EYE, fm.INNER_LIPS, fm.OUTER_LIPS):
         cv2.fillPoly(loops, [np.round(dst[loop] - (bx0, by0)).astype(np.int32)], 1)
-    eye_width = (np.linalg.norm(dst[33] - dst[133]) + np.linalg.norm(dst[263] - dst[362])) / 2
-    away = cv2.distanceTransform(1 - loops, cv2.DIST_L2, 3)[gy - by0, gx - bx0] / max(eye_width, 1.0)
-    reach = np.where(mesh.on_strip[own], EXACT_STRIP_REACH, EXACT_REACH)
-    return np.clip((reach - away) / EXACT_FADE, 0.0, 1.0)
+    strips = np.zeros_like(loops)
+    for corners in dst[mesh.triangles[mesh.on_strip]]:
+        cv2.fillConvexPoly(strips, np.round(corners - (bx0, by0)).astype(np.int32), 1)
+    eye_width = max((np.linalg.norm(dst[33] - dst[133]) + np.linalg.norm(dst[263] - dst[362])) / 2, 1.0)
+    at = (gy - by0, gx - bx0)
+    away = cv2.distanceTransform(1 - loops, cv2.DIST_L2, 3)[at] / eye_width
+    off_strip = cv2.distanceTransform(1 - strips, cv2.DIST_L2, 3)[at] / eye_width
+    near = np.clip((EXACT_REACH - away) / EXACT_FADE, 0.0, 1.0)
+    on_strips = np.clip((EXACT_STRIP_REACH - away) / EXACT_FADE, 0.0, 1.0) * \
+        np.clip(1.0 - off_strip / EXACT_FADE, 0.0, 1.0)
+    return np.maximum(near, on_strips)
 
 
 # ----------------------------------------------------------------------------------------------
