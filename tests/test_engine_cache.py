@@ -237,3 +237,27 @@ def test_a_damaged_signing_key_is_replaced_and_each_key_has_its_own_engines(tmp_
     assert cache.signer() == first  # the next run reads the same key
     cache._SIGNING_KEY[:] = [b"another user's key".ljust(32, b".")]
     assert cache.signer() != first  # another user: other cache keys for their engines
+
+
+def test_the_signing_key_is_kept_without_hard_links_and_said_when_it_cannot_be(tmp_path, signing_key_in,
+                                                                               monkeypatch, capsys):
+    import errno
+    import os
+
+    from live_puppet.backends import cache
+
+    def no_links(*args):  # FAT, some network shares
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = cache.signer()
+    assert len(signing_key_in.read_bytes()) == cache.KEY_BYTES and first != "unkept"
+    cache._SIGNING_KEY.clear()
+    assert cache.signer() == first  # kept: the next run signs alike
+    # nowhere to keep it: said once, and this run's engines keep one name (rebuilt in place next time)
+    cache._SIGNING_KEY.clear()
+    monkeypatch.setattr(cache, "signing_key_path", lambda: tmp_path / "a file" / "key")
+    (tmp_path / "a file").write_text("in the way")
+    monkeypatch.setattr(cache, "_KEY_KEPT", [True])
+    assert cache.signer() == "unkept" and cache.signer() == "unkept"
+    assert capsys.readouterr().err.count("could not keep the engine signing key") == 1

@@ -67,6 +67,7 @@ def content_hash(path: str | os.PathLike) -> str:
 
 
 _SIGNING_KEY: list[bytes] = []
+_KEY_KEPT = [True]  # emptied when the key could not be kept: it lives as long as this process
 
 
 def signing_key_path() -> Path:
@@ -102,6 +103,8 @@ def signing_key() -> bytes:
                             os.link(tmp, path)  # (another start may have made it first: theirs)
                         except FileExistsError:
                             pass
+                        except OSError:  # no hard links here (FAT, some network shares)
+                            _create_once(path, Path(tmp).read_bytes())
                 finally:
                     Path(tmp).unlink(missing_ok=True)
                 key = path.read_bytes()
@@ -112,14 +115,30 @@ def signing_key() -> bytes:
             warn(f"could not keep the engine signing key at {path} ({why}); TensorRT engines built "
                  f"by this run are built again by the next one.")
             key = secrets.token_bytes(KEY_BYTES)
+            _KEY_KEPT.clear()
         _SIGNING_KEY.append(key)
     return _SIGNING_KEY[0]
+
+
+def _create_once(path: Path, data: bytes) -> None:
+    """Write `path` unless it exists (another start was first: its key stands)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def signer() -> str:
     """A public name for this user's key: part of a signed engine's cache key, so that users
     sharing an engines/ folder each keep their own engines instead of rebuilding each other's."""
-    return hashlib.sha256(b"live-puppet signer:" + signing_key()).hexdigest()[:16]
+    key = signing_key()
+    if not _KEY_KEPT:  # (a key of this run only: the next run rebuilds in the same place)
+        return "unkept"
+    return hashlib.sha256(b"live-puppet signer:" + key).hexdigest()[:16]
 
 
 def signature(key: str, digest: str) -> str:
@@ -273,7 +292,8 @@ class EngineCache:
         it and its loading)."""
         if not signed:
             return load(entry.path)
-        with tempfile.TemporaryDirectory(prefix="live-puppet-engine-") as private:  # 0700
+        with tempfile.TemporaryDirectory(prefix="live-puppet-engine-",  # 0700
+                                         ignore_cleanup_errors=True) as private:
             copy = Path(private) / entry.path.name
             h, size = hashlib.sha256(), 0
             with open(entry.path, "rb") as src, open(copy, "wb") as dst:
@@ -281,11 +301,15 @@ class EngineCache:
                     h.update(chunk)
                     size += len(chunk)
                     dst.write(chunk)
-            meta = json.loads(entry.sidecar.read_text())
-            if size != meta.get("size") or h.hexdigest() != meta.get("sha256") or \
-                    not _signed_by_me(meta, entry.key, h.hexdigest()):
+            try:
+                meta = json.loads(entry.sidecar.read_text())
+            except (OSError, ValueError):
+                meta = None
+            if not isinstance(meta, dict) or size != meta.get("size") or \
+                    h.hexdigest() != meta.get("sha256") or not _signed_by_me(meta, entry.key, h.hexdigest()):
                 raise EngineChanged(f"The compiled engine '{entry.path}' changed while it was being "
-                                    f"loaded; use an --engine-dir only you can write.")
+                                    f"loaded (another run building it at the same time?); run again, "
+                                    f"and if it keeps happening use an --engine-dir only you can write.")
             return load(copy)
 
     def entries(self) -> list[Path]:
