@@ -116,7 +116,8 @@ def add_pipeline_arguments(p: argparse.ArgumentParser, portrait_required: bool =
     """Arguments shared by run, eval and bench: what to animate and how."""
     if portrait_required:
         p.add_argument("--portrait", type=Path, required=True,
-                       help="portrait picture (JPEG, PNG, WebP, BMP, TIFF or GIF), or a folder of them (a gallery)")
+                       help="portrait picture (JPEG, PNG, WebP, BMP, TIFF or GIF), or a folder of "
+                            "them (a gallery)")
     p.add_argument("--engine", default="warp",
                    help="render engine: warp (default, no weights), neural (needs --checkpoint), static"
                         + ("" if portrait_required else "; a comma list gives a row each"))
