@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from live_puppet.backends import BACKEND_CHOICES
+from live_puppet.config import RunConfig
 from live_puppet.errors import UserError
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging: errors only
@@ -192,10 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pace files at their fps and drop frames like a camera (default for cameras)")
     rt.add_argument("--no-realtime", dest="realtime", action="store_false",
                     help="process every frame exactly once, in order (default for files)")
-    run.add_argument("--camera-size", type=lambda t: parse_size(t), default=(640, 480),
+    run.add_argument("--camera-size", type=parse_size, default=RunConfig.camera_size,
                      help="webcam capture size to ask for (default 640x480, plenty for tracking; "
                           "the camera may pick another)")
-    run.add_argument("--camera-fps", type=frame_rate, default=30.0,
+    run.add_argument("--camera-fps", type=frame_rate, default=RunConfig.camera_fps,
                      help="webcam rate to ask for (default 30)")
     run.add_argument("--loop", action="store_true", help="start a video file over at its end")
     run.add_argument("--mirror", action="store_true", help="mirror the driver (selfie view)")
@@ -226,9 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args) -> "RunConfig":
-    from live_puppet.config import RunConfig
-
+def config_from_args(args) -> RunConfig:
     return RunConfig(
         portrait=args.portrait, source=args.source, realtime=args.realtime, loop=args.loop,
         mirror=args.mirror, camera_size=args.camera_size, camera_fps=args.camera_fps,
@@ -268,7 +267,8 @@ def cmd_run(args) -> int:
         warn("with --no-vcam, --no-preview and no --record, the frames go nowhere; add --record "
              "FILE to keep them.")
     if not config.source.strip().isdigit() and \
-            (tuple(config.camera_size), config.camera_fps) != ((640, 480), 30.0):
+            (tuple(config.camera_size), config.camera_fps) != (RunConfig.camera_size,
+                                                               RunConfig.camera_fps):
         warn("--camera-size and --camera-fps are for a webcam; a file or a folder plays at its own "
              "size and rate.")
     if config.checkpoint is not None and config.engine != "neural":

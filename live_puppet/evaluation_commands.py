@@ -237,11 +237,14 @@ def bench_handler(args: argparse.Namespace) -> int:
     if not args.driving or not args.portrait:
         raise UserError("bench needs --driving CLIP and --portrait IMAGE.")
     clip = ev.probe_clip(args.driving)  # a clear error before any process starts
+    from live_puppet.portrait import PICTURE_KINDS
+
     if args.portrait.is_dir():
-        raise UserError(f"'{args.portrait}' is a folder; bench takes one portrait: pass a JPEG or "
-                        f"PNG file.")
+        raise UserError(f"'{args.portrait}' is a folder; bench takes one portrait: pass a picture "
+                        f"({PICTURE_KINDS}).")
     if not args.portrait.is_file():
-        raise UserError(f"The portrait '{args.portrait}' does not exist; pass a picture (JPEG, PNG, WebP, BMP, TIFF or GIF).")
+        raise UserError(f"The portrait '{args.portrait}' does not exist; pass a picture "
+                        f"({PICTURE_KINDS}).")
     if args.json:
         writable_file(args.json, "the stats", "--json", [args.driving, args.portrait,
                       args.checkpoint, args.landmarker_model])

@@ -14,6 +14,7 @@ from live_puppet.errors import UserError
 from live_puppet.types import FaceState, Portrait
 
 PORTRAIT_SUFFIXES = IMAGE_SUFFIXES | {".gif", ".jfif"}  # what a gallery folder offers (read by Pillow)
+PICTURE_KINDS = "JPEG, PNG, WebP, BMP, TIFF or GIF"  # ... as sentences name them
 MIN_FACE_PX = 48  # a face smaller than this (landmark box, canvas pixels) cannot be animated well
 MIN_WINDOW_PX = 128  # the smallest window a picture is searched in for a small face
 # A smaller picture is enlarged to this long side (at most --max-side): a 160 px photo's 32 px face
@@ -45,7 +46,7 @@ def read_image(path: Path, least_side: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise UserError(f"The portrait '{path}' does not exist; pass the path of a picture "
-                        f"(JPEG, PNG, WebP, BMP, TIFF or GIF) or of a folder of them.")
+                        f"({PICTURE_KINDS}) or of a folder of them.")
     with _PILLOW_LIMIT:  # Pillow's own size check (a global) is replaced by MAX_PIXELS meanwhile
         limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
@@ -63,8 +64,8 @@ def _decode(path: Path, least_side: int | None) -> np.ndarray:
     try:
         im = Image.open(path)
     except (UnidentifiedImageError, OSError, ValueError):
-        raise UserError(f"'{path}' is not an image that can be read; pass a JPEG, PNG, WebP, BMP, "
-                        f"TIFF or GIF portrait.") from None
+        raise UserError(f"'{path}' is not an image that can be read; pass a {PICTURE_KINDS} "
+                        f"portrait.") from None
     with im:
         width, height = im.size
         if width * height > MAX_PIXELS:
@@ -258,12 +259,12 @@ def list_portraits(path: Path) -> list[Path]:
                         if p.suffix.lower() in PORTRAIT_SUFFIXES and not p.name.startswith(".")),
                        key=natural_order)
         if not files:
-            raise UserError(f"The folder '{path}' holds no portraits (JPEG, PNG, WebP, BMP, TIFF or GIF); add some or pass "
-                            f"a single image to --portrait.")
+            raise UserError(f"The folder '{path}' holds no portraits ({PICTURE_KINDS}); add some or "
+                            f"pass a single image to --portrait.")
         return files
     if not path.exists():
         raise UserError(f"The portrait '{path}' does not exist; pass the path of a picture "
-                        f"(JPEG, PNG, WebP, BMP, TIFF or GIF) or of a folder of them.")
+                        f"({PICTURE_KINDS}) or of a folder of them.")
     return [path]
 
 

@@ -651,5 +651,8 @@ def test_prepare_reads_a_phone_clip_upright_as_run_does(tmp_path):
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    frames = list(ClipPreparer(Path("unused.task"), 256, every=1, max_frames=None)._frames(path))
+    from live_puppet.capture import VideoFileSource
+
+    preparer = ClipPreparer(Path("unused.task"), 256, every=1, max_frames=None)
+    frames = list(preparer._frames(VideoFileSource(path)))
     assert len(frames) == 3 and np.abs(frames[0][1].astype(int) - picture).mean() < 8

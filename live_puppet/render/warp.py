@@ -45,8 +45,8 @@ class _WarpMesh:
     """What the warp needs of a portrait, computed once."""
 
     source: np.ndarray  # N x 2 source points: 478 landmarks, head ring, still points
-    head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head (at the depth
-    # of their face-oval points)
+    head_ring: np.ndarray  # K x 2 ring points (portrait pixels) that follow the head
+    head_ring_3d: np.ndarray  # K x 3 the same at the depth of their face-oval points (turned so)
     ring_follow: np.ndarray  # K: share of its face-oval point's own motion a ring point also takes
     oval_3d: np.ndarray  # K x 3 the portrait's face-oval landmarks (x, y, depth)
     n_landmarks: int
@@ -190,10 +190,12 @@ class WarpEngine(Engine):
         base_x, base_y = np.meshgrid(np.arange(x0, x1, dtype=np.float32),
                                      np.arange(y0, y1, dtype=np.float32))
         irises = _irises(xy)
+        oval_3d = portrait.face.landmarks[fm.FACE_OVAL].astype(np.float32)
         portrait.extras["warp"] = _WarpMesh(
             source=source, head_ring=head.astype(np.float32), n_landmarks=len(xy),
+            head_ring_3d=np.concatenate([head, oval_3d[:, 2:]], 1).astype(np.float32),
             ring_follow=_below_centre(xy).astype(np.float32),
-            oval_3d=portrait.face.landmarks[fm.FACE_OVAL].astype(np.float32),
+            oval_3d=oval_3d,
             roi=(int(x0), int(y0), int(x1), int(y1)), grid=grid,
             grid_shape=(gh, gw), base_x=base_x, base_y=base_y,
             mouth=_mouth_style(portrait.image, xy), lids=_lid_styles(portrait.image, portrait.face.landmarks),
@@ -225,8 +227,7 @@ class WarpEngine(Engine):
         # does. Turned at the head's pivot (a flat disc) the side rings swung inwards while the
         # cheek they surround swung out: the face crossed its ring and showed dark hair in the
         # cheek (Mona Lisa through d3.mp4's 20 degree turn).
-        ring_3d = np.concatenate([mesh.head_ring, mesh.oval_3d[:, 2:]], 1)
-        dst[n:n + k] = target.move_rigid(ring_3d)[:, :2]
+        dst[n:n + k] = target.move_rigid(mesh.head_ring_3d)[:, :2]
         # The ring under the chin also takes the outward part of the chin's own motion (an
         # opening jaw), so the chin never crosses it and folds or tears the skin below.
         rest = target.move_rigid(mesh.oval_3d)[:, :2]  # where the head alone takes the oval

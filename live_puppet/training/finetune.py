@@ -24,6 +24,7 @@ from torch import Tensor
 from live_puppet import sketch
 from live_puppet.capture import IMAGE_SUFFIXES
 from live_puppet.errors import UserError, is_input, writable_file
+from live_puppet.portrait import PICTURE_KINDS
 from live_puppet.model import losses as L
 from live_puppet.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from live_puppet.training.data import image_to_tensor
@@ -51,7 +52,7 @@ def load_shots(paths: list[Path], size: int, landmarker: str | None = None) -> F
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 raise UserError(f"'{path}' could not be read as an image; pass a picture of a face "
-                                f"(JPEG, PNG, WebP, BMP, TIFF or GIF).")
+                                f"({PICTURE_KINDS}).")
             face = tracker.track(bgr)
             if face is None:
                 raise UserError(f"No face was found in '{path}'; use a picture where the face is "

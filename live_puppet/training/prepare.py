@@ -87,13 +87,9 @@ class ClipPreparer:
         self.every = every
         self.max_frames = max_frames
 
-    def _frames(self, path: Path):
+    def _frames(self, source: VideoFileSource):
         """(index, picture) of every `every`-th frame, decoded as `run` decodes its source: turned
         upright as the clip's header says, damaged stretches skipped."""
-        try:
-            source = VideoFileSource(path)
-        except UserError:
-            return
         kept = 0
         for index, frame in enumerate(source.frames()):
             if index % self.every == 0:
@@ -102,20 +98,16 @@ class ClipPreparer:
                 if self.max_frames is not None and kept >= self.max_frames:
                     break
 
-    def _track(self, clip: ClipSource) -> tuple[list[int], list[np.ndarray], float]:
+    def _track(self, clip: ClipSource, source: VideoFileSource) -> tuple[list[int], list[np.ndarray]]:
         from live_puppet.tracking import Tracker
 
-        try:
-            source = VideoFileSource(clip.path)
-            fps, total = source.fps, source.length or 0
-        except UserError:
-            fps, total = 25.0, 0
+        fps, total = source.fps, source.length or 0
         expected = (total + self.every - 1) // self.every
         if self.max_frames is not None:
             expected = min(expected, self.max_frames)
         indices, marks = [], []
         with Tracker(self.landmarker_model, mode="video") as tracker:
-            for index, frame in tqdm(self._frames(clip.path), desc=f"  track {clip.clip_id}",
+            for index, frame in tqdm(self._frames(source), desc=f"  track {clip.clip_id}",
                                      total=expected or None,
                                      leave=False, unit="frame",
                                      disable=None):  # a nested bar: on a terminal only
@@ -123,11 +115,16 @@ class ClipPreparer:
                 if face is not None:
                     indices.append(index)
                     marks.append(face.landmarks[:, :2].copy())
-        return indices, marks, fps
+        return indices, marks
 
     def prepare(self, clip: ClipSource, out_dir: Path) -> int:
         """Write the clip; the number of frames kept (0 when it was skipped)."""
-        indices, marks, fps = self._track(clip)
+        try:
+            source = VideoFileSource(clip.path)  # opened once: tracked, then read again to write
+        except UserError:
+            return 0
+        fps = source.fps
+        indices, marks = self._track(clip, source)
         if len(indices) < MIN_FRAMES:
             return 0
         box = clip_box(marks)
@@ -138,7 +135,7 @@ class ClipPreparer:
         wanted = dict(zip(indices, range(len(indices))))
         mesh = np.stack([sketch.to_crop(m, box, self.size) for m in marks])
         ibug = np.stack([sketch.to_ibug68(m) for m in mesh])
-        for index, frame in self._frames(clip.path):
+        for index, frame in self._frames(source):
             j = wanted.get(index)
             if j is None:
                 continue
